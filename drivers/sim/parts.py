@@ -1,0 +1,86 @@
+"""The simulator's follower arms and cameras, behind the same `Arm` and `Camera` contracts as hardware."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from drivers.arm import JointSample, Role
+from drivers.camera import Frame
+from drivers.errors import CameraTimeout, DeviceError, StaleSampleError
+from drivers.joints import side_slice
+from drivers.sim.aloha import AlohaSim
+
+
+class SimArm:
+    """One simulated ViperX follower: reads measured joints, writes joint targets."""
+
+    role: Role = "follower"
+
+    def __init__(self, sim: AlohaSim, side: str) -> None:
+        self.sim = sim
+        self.side = side
+        self.name = f"{side}_follower"
+        self._connected = False
+
+    def connect(self) -> None:
+        self._connected = True
+
+    def disconnect(self, torque_off: bool = False) -> None:
+        # A simulated arm has no torque to release: "torque off" and "hold" both leave the targets as they are.
+        self._connected = False
+
+    def limits(self) -> np.ndarray:
+        return self.sim.limits()[side_slice(self.side)]
+
+    def read(self) -> JointSample:
+        pos, vel, effort = self.sim.joint_state(self.side)
+        return JointSample(position=pos, velocity=vel, effort=effort, t_ns=self.sim.capture_ns())
+
+    def write(self, target: np.ndarray) -> None:
+        if not self._connected:
+            raise DeviceError(f"simulated arm {self.name} is not connected")
+        self.sim.set_targets(self.side, target)
+
+
+class SimCamera:
+    """A camera of the simulated scene, rendered offscreen at the physics state of the clock's time."""
+
+    def __init__(self, sim: AlohaSim, name: str, width: int, height: int, fps: float = 30.0) -> None:
+        self.sim = sim
+        self.name = name
+        self.width = width
+        self.height = height
+        self.fps = fps
+        self._last_index = -1
+
+    def connect(self) -> None:
+        self.sim.render(self.name, self.width, self.height)  # fails here, at connect, if rendering can't work
+
+    def disconnect(self) -> None:
+        pass
+
+    def _frame(self) -> Frame:
+        image = self.sim.render(self.name, self.width, self.height)
+        # One frame per physics state: the step counter since the episode start, offset per episode.
+        index = self.sim.episode * 10_000_000 + round(self.sim.time_s / self.sim.model.opt.timestep)
+        return Frame(image=image, t_ns=self.sim.capture_ns(), index=index)
+
+    def latest(self, max_age_ms: float) -> Frame:
+        frame = self._frame()
+        age_ms = (self.sim.clock.now_ns() - frame.t_ns) / 1e6
+        if age_ms > max_age_ms:
+            raise StaleSampleError(
+                f"camera {self.name}: the newest frame is {age_ms:.0f} ms old (bound {max_age_ms:.0f} ms)"
+            )
+        self._last_index = frame.index
+        return frame
+
+    def next(self, timeout_ms: float) -> Frame:
+        frame = self._frame()
+        if frame.index == self._last_index:
+            raise CameraTimeout(
+                f"camera {self.name}: no new simulated frame; the simulation did not advance "
+                f"(advance the clock before asking for the next frame; waited {timeout_ms:.0f} ms)"
+            )
+        self._last_index = frame.index
+        return frame
