@@ -1,0 +1,177 @@
+"""The app's configuration: one tree of frozen dataclasses, loaded from config.yaml.
+
+Each part of the tree is defined next to what it configures (the simulator in `drivers.sim`, the safety
+layer in `drivers.safety`, …); this module composes them and holds the parts that belong to the app
+itself. Only `app/` reads config files; library modules receive the dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from app.configload import ConfigError, build, did_you_mean
+from drivers.arm import ArmConfig
+from drivers.camera import CameraConfig
+from drivers.joints import CAMERA_NAMES
+from drivers.safety import SafetyConfig
+from drivers.sim.aloha import SimConfig
+from drivers.sim.scripted import ScriptedConfig
+
+ROBOT_TYPES = ("sim", "aloha", "aloha-emulated")
+ARM_NAMES = ("left_leader", "right_leader", "left_follower", "right_follower")
+# Where the project lives: relative paths in config.yaml (data root, calibration files) are resolved
+# against the directory of the config file that names them.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config.yaml"
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    # sim: the MuJoCo ALOHA with a scripted teleoperator as leader; aloha: real Dynamixel arms;
+    # aloha-emulated: the Dynamixel driver against the built-in bus emulator (no hardware).
+    type: Literal["sim", "aloha", "aloha-emulated"] = "sim"
+    # The simulator (used when type is sim).
+    sim: SimConfig = field(default_factory=SimConfig)
+    # The scripted teleoperator that plays the leader arms in the simulator.
+    scripted: ScriptedConfig = field(default_factory=ScriptedConfig)
+    # The four Dynamixel chains (used when type is aloha): left/right leader and follower.
+    arms: dict[str, ArmConfig] = field(default_factory=dict)
+    # Limits every command passes through, on every robot type.
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+    def __post_init__(self) -> None:
+        for name in self.arms:
+            if name not in ARM_NAMES:
+                raise ValueError(
+                    f"arms.{name}: unknown arm{did_you_mean(name, ARM_NAMES)}; arms are {', '.join(ARM_NAMES)}"
+                )
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    # Control loop rate in Hz: one observation, one action per tick. XR0 is trained at 30 Hz.
+    fps: float = 30.0
+    # sim only: lockstep runs the loop on a simulated clock as fast as the CPU allows;
+    # realtime paces it against the wall clock like the real robot.
+    sim_timing: Literal["lockstep", "realtime"] = "lockstep"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fps <= 1000:
+            raise ValueError(f"fps must be between 1 and 1000 Hz, got {self.fps}")
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    # Where datasets are written, relative to this config file (gitignored).
+    root: str = "datasets"
+    # Image compression: jpeg (small, lossy; the default) or png (lossless, ~10x larger).
+    image_codec: Literal["jpeg", "png"] = "jpeg"
+    # JPEG quality 1..100 (90 is visually lossless for training).
+    jpeg_quality: int = 90
+    # Length of one teleop episode in seconds, and the pause between episodes for resetting the scene.
+    episode_seconds: float = 10.0
+    reset_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
+        if not self.episode_seconds > 0:
+            raise ValueError("episode_seconds must be > 0")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # A checkpoint directory (local path), `ws://host:port` for `xr0 serve`, or a hub id you chose.
+    checkpoint: str = ""
+    # sync: stop, infer, execute; async: action prefixing (DESIGN.md §6); async-naive: no prefix.
+    mode: Literal["sync", "async", "async-naive"] = "async"
+    # Actions per chunk the model predicts (XR0: 30 at 30 Hz = 1 s).
+    chunk_length: int = 30
+    # Largest action prefix the model was trained with (XR0 async post-training: 6).
+    max_prefix: int = 6
+    # The inference delay estimate is this quantile of the recent latencies ...
+    delay_quantile: float = 0.95
+    # ... over this many most recent inferences.
+    delay_window: int = 20
+    # Task instruction given to the model.
+    instruction: str = "transfer the cube to the other arm"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_prefix < self.chunk_length:
+            raise ValueError(
+                f"max_prefix must be between 1 and chunk_length-1 ({self.chunk_length - 1}), got {self.max_prefix}"
+            )
+        if not 0.5 <= self.delay_quantile <= 1.0:
+            raise ValueError(f"delay_quantile must be in [0.5, 1], got {self.delay_quantile}")
+
+
+@dataclass(frozen=True)
+class VizConfig:
+    # Rerun sink: off, spawn (native viewer), web or web:PORT (browser viewer), or a FILE.rrd to write.
+    rerun: str = "off"
+    # Memory the viewer may use before dropping the oldest data, e.g. "25%" or "4GB".
+    memory_limit: str = "25%"
+    # JPEG quality of camera images logged to Rerun (keeps viewer memory bounded).
+    jpeg_quality: int = 75
+    # Bound of the queue between the control loop and the Rerun logger; overflow drops viz messages
+    # (counted), never data.
+    queue_size: int = 64
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    # Cameras by name (cam_high, cam_left_wrist, cam_right_wrist, optional cam_low).
+    cameras: dict[str, CameraConfig] = field(default_factory=dict)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    viz: VizConfig = field(default_factory=VizConfig)
+    # The directory relative paths are resolved against (set by the loader to the config file's folder).
+    base_dir: Path = field(default=PROJECT_ROOT, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in self.cameras:
+            if name not in CAMERA_NAMES:
+                raise ValueError(
+                    f"cameras.{name}: unknown camera name{did_you_mean(name, CAMERA_NAMES)}; "
+                    f"use one of {', '.join(CAMERA_NAMES)}"
+                )
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def data_root(self) -> Path:
+        return self.resolve(self.recording.root)
+
+
+def load_config(path: str | Path | None = None, robot: str | None = None) -> AppConfig:
+    """Read config.yaml (default: the project's), apply `--robot`, validate everything once."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    if not file.is_file():
+        raise ConfigError(
+            f"config file {file} does not exist (pass --config PATH or create it from config.yaml)"
+        )
+    try:
+        data: Any = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of sections (robot, cameras, …)")
+    data.pop("base_dir", None)
+    try:
+        cfg = build(AppConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{file}: {e}") from None
+    cfg = replace(cfg, base_dir=file.resolve().parent)
+    if robot is not None:
+        if robot not in ROBOT_TYPES:
+            raise ConfigError(f"--robot {robot!r} is not one of {', '.join(ROBOT_TYPES)}")
+        cfg = replace(cfg, robot=replace(cfg.robot, type=robot))
+    return cfg

@@ -1,0 +1,135 @@
+"""The teleoperation session: leaders drive followers at `control.fps` on absolute deadlines.
+
+Each tick: observe (joints + frames), read the leaders, send through the safety layer, publish a
+`StepEvent` to the subscribers (Rerun, the recorder). In the simulator the scripted teleoperator is the
+leader, each episode starts from a reset with the next seed, and success is read from the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.compose import Rig
+from app.events import EpisodeEvent, Publisher, StepEvent
+from drivers.clock import Rate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpisodeSummary:
+    index: int
+    ticks: int
+    seed: int | None = None
+    success: bool | None = None  # None where nobody judged it (hardware without a mark)
+    max_stage: int | None = None  # simulator task stage reached (0..4)
+
+
+@dataclass
+class TeleopReport:
+    episodes: list[EpisodeSummary] = field(default_factory=list)
+    ticks: int = 0
+    skipped_ticks: int = 0
+    wall_s: float = 0.0
+    lateness_ms: dict[str, float] = field(default_factory=dict)
+    section_ms: dict[str, float] = field(default_factory=dict)  # mean time per loop section
+    safety: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float | None:
+        judged = [e.success for e in self.episodes if e.success is not None]
+        return sum(judged) / len(judged) if judged else None
+
+
+class TeleopSession:
+    def __init__(
+        self, rig: Rig, fps: float, publisher: Publisher | None = None, stop: threading.Event | None = None
+    ) -> None:
+        self.rig = rig
+        self.fps = fps
+        self.publisher = publisher or Publisher()
+        self.stop = stop or threading.Event()
+
+    def run(self, episodes: int, episode_seconds: float) -> TeleopReport:
+        """Run `episodes` episodes of `episode_seconds` each (or until `stop` is set)."""
+        robot, clock, sim = self.rig.robot, self.rig.clock, self.rig.sim
+        report = TeleopReport()
+        lateness: list[int] = []
+        sections: dict[str, list[float]] = {"observe": [], "leader": [], "send": []}
+        ticks_per_episode = max(1, round(episode_seconds * self.fps))
+        wall0 = time.perf_counter()
+        tick_index = 0
+        with robot:
+            for ep in range(episodes):
+                if self.stop.is_set():
+                    break
+                seed = None
+                if sim is not None:
+                    sim.reset(None if ep else sim.seed)
+                    seed = sim.seed
+                    if self.rig.teleop is not None:
+                        self.rig.teleop.reset()
+                    robot.rebase()
+                self.publisher.episode(EpisodeEvent(ep, "start", clock.now_ns(), seed=seed))
+                summary = EpisodeSummary(index=ep, ticks=0, seed=seed, max_stage=0 if sim else None)
+                rate = Rate(clock, self.fps)
+                for _ in range(ticks_per_episode):
+                    if self.stop.is_set():
+                        break
+                    tick = rate.wait()
+                    t0 = time.perf_counter()
+                    obs = robot.observe()
+                    t1 = time.perf_counter()
+                    leader = robot.leader_action()
+                    t2 = time.perf_counter()
+                    cmd = robot.send_action(leader.action)
+                    t3 = time.perf_counter()
+                    timings = {"observe": (t1 - t0) * 1e3, "leader": (t2 - t1) * 1e3, "send": (t3 - t2) * 1e3}
+                    for k, v in timings.items():
+                        sections[k].append(v)
+                    lateness.append(tick.lateness_ns)
+                    self.publisher.step(
+                        StepEvent(
+                            tick=tick_index,
+                            deadline_ns=tick.deadline_ns,
+                            lateness_ns=tick.lateness_ns,
+                            episode=ep,
+                            observation=obs,
+                            leader=leader.action,
+                            leader_t_ns=leader.t_ns,
+                            action=cmd.action,
+                            action_t_ns=clock.now_ns(),
+                            clamped=int(cmd.clamped.sum()),
+                            rejected=cmd.rejected,
+                            timings_ms=timings,
+                        )
+                    )
+                    tick_index += 1
+                    summary.ticks += 1
+                    if sim is not None:
+                        summary.max_stage = max(summary.max_stage or 0, sim.reward())
+                report.skipped_ticks += rate.skipped_total
+                if sim is not None:
+                    summary.success = sim.is_success()
+                report.episodes.append(summary)
+                self.publisher.episode(
+                    EpisodeEvent(ep, "end", clock.now_ns(), success=summary.success, seed=seed)
+                )
+                log.info("episode %d: %d ticks, success=%s", ep, summary.ticks, summary.success)
+            report.safety = robot.safety.counters.as_dict() if robot.safety else {}
+        report.ticks = tick_index
+        report.wall_s = time.perf_counter() - wall0
+        if lateness:
+            lat = np.array(lateness) / 1e6
+            report.lateness_ms = {
+                "p50": float(np.percentile(lat, 50)),
+                "p99": float(np.percentile(lat, 99)),
+                "max": float(lat.max()),
+            }
+        report.section_ms = {k: float(np.mean(v)) for k, v in sections.items() if v}
+        return report
