@@ -15,8 +15,8 @@ from drivers.errors import DeviceError
 from drivers.joints import SIDES
 from drivers.robot import BimanualRobot
 from drivers.sim.aloha import AlohaSim
-from drivers.sim.parts import SimArm, SimCamera
-from drivers.sim.scripted import ScriptedLeaderArm, ScriptedTeleoperator
+from drivers.sim.parts import ScriptedLeaderArm, SimArm, SimCamera
+from drivers.sim.scripted import ScriptedTeleoperator
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The simulator's follower arms and cameras, behind the same `Arm` and `Camera` contracts as hardware."""
+"""The simulator's arms (followers, and the scripted teleoperator as leaders) and cameras, behind the same
+`Arm` and `Camera` contracts as hardware."""
 
 from __future__ import annotations
 
@@ -7,19 +8,22 @@ import numpy as np
 from drivers.arm import JointSample, Role
 from drivers.camera import Frame
 from drivers.errors import CameraTimeout, DeviceError, StaleSampleError
-from drivers.joints import side_slice
+from drivers.joints import SIDES, side_slice
 from drivers.sim.aloha import AlohaSim
+from drivers.sim.scripted import ScriptedTeleoperator
 
 
-class SimArm:
-    """One simulated ViperX follower: reads measured joints, writes joint targets."""
+class _SimulatedArm:
+    """What both simulated arms share: the side, the lifecycle and the limits of the simulated ViperX."""
 
-    role: Role = "follower"
+    role: Role
 
     def __init__(self, sim: AlohaSim, side: str) -> None:
+        if side not in SIDES:
+            raise ValueError(f"arm side must be one of {SIDES}, got {side!r}")
         self.sim = sim
         self.side = side
-        self.name = f"{side}_follower"
+        self.name = f"{side}_{self.role}"
         self._connected = False
 
     def connect(self) -> None:
@@ -32,14 +36,42 @@ class SimArm:
     def limits(self) -> np.ndarray:
         return self.sim.limits()[side_slice(self.side)]
 
+    def _check_connected(self) -> None:
+        if not self._connected:
+            raise DeviceError(f"simulated arm {self.name} is not connected; call connect() first")
+
+
+class SimArm(_SimulatedArm):
+    """One simulated ViperX follower: reads measured joints, writes joint targets."""
+
+    role: Role = "follower"
+
     def read(self) -> JointSample:
         pos, vel, effort = self.sim.joint_state(self.side)
         return JointSample(position=pos, velocity=vel, effort=effort, t_ns=self.sim.capture_ns())
 
     def write(self, target: np.ndarray) -> None:
-        if not self._connected:
-            raise DeviceError(f"simulated arm {self.name} is not connected")
+        self._check_connected()
         self.sim.set_targets(self.side, target)
+
+
+class ScriptedLeaderArm(_SimulatedArm):
+    """One side of the scripted teleoperator behind the `Arm` contract: a leader that can only be read."""
+
+    role: Role = "leader"
+
+    def __init__(self, teleop: ScriptedTeleoperator, side: str) -> None:
+        super().__init__(teleop.sim, side)
+        self.teleop = teleop
+
+    def read(self) -> JointSample:
+        self._check_connected()
+        self.sim.sync()  # bring the physics (and so `time_s`) up to the clock
+        position = self.teleop.action(self.sim.time_s)[side_slice(self.side)]
+        return JointSample(position=position, velocity=None, effort=None, t_ns=self.sim.capture_ns())
+
+    def write(self, target: np.ndarray) -> None:
+        raise DeviceError(f"{self.name} is a scripted leader arm: it is read, it cannot be commanded")
 
 
 class SimCamera:

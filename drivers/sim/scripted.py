@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from drivers.arm import JointSample, Role
 from drivers.clock import NS_PER_S
 from drivers.errors import DeviceError
 from drivers.joints import ARM_JOINTS, SIDES, STATE_DIM, side_slice
@@ -452,40 +451,6 @@ class ScriptedTeleoperator:
         self.sim.sync()
         # Physics time moves in whole steps and may stop just short of the clock: done when not one more fits.
         return self.config.episode_seconds - self.sim.time_s < self.sim.model.opt.timestep + 1e-9
-
-
-class ScriptedLeaderArm:
-    """One side of the scripted teleoperator behind the `Arm` contract: a leader that can only be read."""
-
-    role: Role = "leader"
-
-    def __init__(self, teleop: ScriptedTeleoperator, side: str) -> None:
-        if side not in SIDES:
-            raise ValueError(f"arm side must be one of {SIDES}, got {side!r}")
-        self.teleop = teleop
-        self.side = side
-        self.name = f"{side}_leader"
-        self._connected = False
-
-    def connect(self) -> None:
-        self._connected = True
-
-    def disconnect(self, torque_off: bool = False) -> None:
-        self._connected = False
-
-    def limits(self) -> np.ndarray:
-        return self.teleop.sim.limits()[side_slice(self.side)]
-
-    def read(self) -> JointSample:
-        if not self._connected:
-            raise DeviceError(f"scripted leader {self.name} is not connected; call connect() first")
-        sim = self.teleop.sim
-        sim.sync()  # bring the physics (and so `time_s`) up to the clock
-        position = self.teleop.action(sim.time_s)[side_slice(self.side)]
-        return JointSample(position=position, velocity=None, effort=None, t_ns=sim.capture_ns())
-
-    def write(self, target: np.ndarray) -> None:
-        raise DeviceError(f"{self.name} is a scripted leader arm: it is read, it cannot be commanded")
 
 
 # -- measuring ------------------------------------------------------------------------------------------------

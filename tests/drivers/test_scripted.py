@@ -13,10 +13,10 @@ from drivers.errors import DeviceError
 from drivers.joints import ARM_DOF, GRIPPER_INDICES, SIDES, STATE_DIM, side_slice
 from drivers.safety import SafetyConfig
 from drivers.sim.aloha import AlohaSim, SimConfig
+from drivers.sim.parts import ScriptedLeaderArm
 from drivers.sim.scripted import (
     ArmIK,
     ScriptedConfig,
-    ScriptedLeaderArm,
     ScriptedTeleoperator,
     heading_of,
     orientation,
