@@ -1,7 +1,13 @@
-"""`xr0 bench …`: measurements that print a one-line JSON summary last (numbers, not hopes)."""
+"""`xr0 bench …`: measurements that print a one-line JSON summary last (numbers, not hopes).
+
+`BENCHES` is the table of benchmarks: name -> (help, module, or None with the capability still missing).
+A benchmark module has `add_bench_arguments(parser)` and `bench(args, config) -> dict`.
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import platform
 import time
@@ -9,6 +15,7 @@ from dataclasses import replace
 
 from app.compose import build_sim_rig
 from app.config import AppConfig
+from app.errors import NotBuilt
 from app.teleop import TeleopSession
 from drivers.camera import CameraConfig
 
@@ -71,3 +78,48 @@ def bench_sim(
         result["scripted"] = {**stats, "seconds": round(time.perf_counter() - t0, 1)}
     result["machine"] = machine()
     return result
+
+
+# -- command line: `xr0 bench NAME` -------------------------------------------------------------------------
+BENCHES: dict[str, tuple[str, str | None, str]] = {
+    "sim": ("simulator loop rate with 0/1/3 cameras; scripted teleoperator success", "app.bench", ""),
+    "bus": ("Dynamixel sync read+write cycle through the bus emulator", None, "the Dynamixel driver"),
+    "cameras": ("frame arrival to observation latency", None, "the RealSense/OpenCV camera drivers"),
+    "loop": ("30 Hz loop lateness with inference and recording", None, "the policy runner"),
+    "recorder": ("sustained recording throughput and loop impact", None, "the episode store and recorder"),
+    "loader": ("training samples per second from a store", None, "the training data pipeline"),
+    "train": ("training step time and memory", None, "XR0 fine-tuning"),
+    "inference": ("XR0 chunk latency, VLM prefill vs DiT steps", None, "the XR0 model"),
+    "async": ("async vs sync vs async-naive in the simulator", None, "the policy runner"),
+}
+
+
+def add_bench_arguments(p) -> None:
+    p.add_argument("--ticks", type=int, default=150, help="control ticks timed per camera setting")
+    p.add_argument("--seeds", type=int, default=50, help="scripted episodes for the success rate (0: skip)")
+    p.add_argument("--width", type=int, default=320, help="camera width in pixels")
+    p.add_argument("--height", type=int, default=240, help="camera height in pixels")
+
+
+def bench(args, config: AppConfig) -> dict:
+    return bench_sim(config, ticks=args.ticks, seeds=args.seeds, width=args.width, height=args.height)
+
+
+def add_arguments(p) -> None:
+    from app.cli import add_common
+
+    sub = p.add_subparsers(dest="bench", metavar="{" + ",".join(BENCHES) + "}", required=True)
+    for name, (help_text, module_name, _) in BENCHES.items():
+        b = sub.add_parser(name, help=help_text, description=help_text)
+        add_common(b, nested=True)
+        if module_name is not None:
+            importlib.import_module(module_name).add_bench_arguments(b)
+
+
+def run(args, config: AppConfig) -> int:
+    _, module_name, missing = BENCHES[args.bench]
+    if module_name is None:
+        raise NotBuilt(f"xr0 bench {args.bench} is not available yet: it needs {missing}")
+    result = importlib.import_module(module_name).bench(args, config)
+    print(json.dumps(result))
+    return 0

@@ -474,3 +474,22 @@ def format_checks(checks: list[Check]) -> str:
 def exit_code(checks: Iterable[Check]) -> int:
     """1 if any check failed, else 0 (warnings do not fail the doctor)."""
     return 1 if any(check.status == "fail" for check in checks) else 0
+
+
+# -- command line: `xr0 doctor` ---------------------------------------------------------------------------
+def add_arguments(p) -> None:
+    pass
+
+
+def run(args, config) -> int:
+    """Check the machine against the config: configured ports and cameras only on real robots."""
+    on_hardware = config.robot.type != "sim"
+    ports = [a.port for a in config.robot.arms.values() if a.port] if on_hardware else []
+    serials = (
+        [c.serial for c in config.cameras.values() if c.type == "realsense" and c.serial]
+        if on_hardware
+        else []
+    )
+    checks = run_checks(data_root=config.data_root, serial_ports=ports, realsense_serials=serials)
+    print(format_checks(checks))
+    return exit_code(checks)

@@ -7,15 +7,20 @@ leader, each episode starts from a reset with the next seed, and success is read
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from app.compose import Rig
+from app.config import AppConfig
+from app.errors import CliError
 from app.events import EpisodeEvent, Publisher, StepEvent
+from app.viz import Sink
 from drivers.clock import Rate
 
 log = logging.getLogger(__name__)
@@ -133,3 +138,72 @@ class TeleopSession:
             }
         report.section_ms = {k: float(np.mean(v)) for k, v in sections.items() if v}
         return report
+
+
+# -- command line: `xr0 teleop` ---------------------------------------------------------------------------
+def add_arguments(p) -> None:
+    p.add_argument("--episodes", type=int, default=1, help="episodes to run (sim: each from a new seed)")
+    p.add_argument("--episode-seconds", type=float, default=None, help="length of one episode")
+    p.add_argument("--rerun", default=None, help="off | spawn | web[:PORT] | FILE.rrd (default: viz.rerun)")
+
+
+def run_teleop(
+    config: AppConfig,
+    episodes: int,
+    episode_seconds: float | None,
+    rerun: str,
+    summary_path: Path | None = None,
+) -> tuple[TeleopReport, Sink]:
+    """Compose the rig and subscribers from config, run the session, always shut down cleanly."""
+    from app.compose import build_rig
+    from app.viz import RerunLogger
+
+    try:
+        sink = Sink.parse(rerun)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    if sink.path is not None and not sink.path.is_absolute():
+        sink = replace(sink, path=Path.cwd() / sink.path)
+    rig = build_rig(config)
+    publisher = Publisher()
+    if sink.kind != "off":
+        publisher.subscribers.append(RerunLogger(sink, config.viz))
+    seconds = episode_seconds
+    if seconds is None:
+        sim_seconds = config.robot.scripted.episode_seconds
+        seconds = sim_seconds if rig.sim is not None else config.recording.episode_seconds
+    try:
+        report = TeleopSession(rig, config.control.fps, publisher).run(episodes, seconds)
+    finally:
+        publisher.close()
+        rig.close()
+    if summary_path is not None:
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(asdict(report), indent=2))
+    return report, sink
+
+
+def print_report(report: TeleopReport) -> None:
+    for ep in report.episodes:
+        verdict = {True: "success", False: "failure", None: "not judged"}[ep.success]
+        seed = f" seed {ep.seed}" if ep.seed is not None else ""
+        print(f"  episode {ep.index}{seed}: {ep.ticks} ticks, {verdict}")
+    rate = report.ticks / report.wall_s if report.wall_s else 0.0
+    print(
+        f"  {report.ticks} ticks in {report.wall_s:.1f} s wall ({rate:.1f} ticks/s); safety: {report.safety}"
+    )
+    if report.lateness_ms:
+        lat = report.lateness_ms
+        print(f"  loop lateness p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms")
+    if report.success_rate is not None:
+        print(f"  success rate: {report.success_rate:.0%}")
+
+
+def run(args, config: AppConfig) -> int:
+    rerun = args.rerun if args.rerun is not None else config.viz.rerun
+    report, sink = run_teleop(config, args.episodes, args.episode_seconds, rerun)
+    print(f"teleop on robot {config.robot.type}:")
+    print_report(report)
+    if sink.path is not None:
+        print(f"  Rerun recording: {sink.path}")
+    return 0
