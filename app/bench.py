@@ -84,7 +84,7 @@ def bench_sim(
 BENCHES: dict[str, tuple[str, str | None, str]] = {
     "sim": ("simulator loop rate with 0/1/3 cameras; scripted teleoperator success", "app.bench", ""),
     "bus": ("Dynamixel sync read+write cycle through the bus emulator", None, "the Dynamixel driver"),
-    "cameras": ("frame arrival to observation latency", None, "the RealSense/OpenCV camera drivers"),
+    "cameras": ("frame arrival to observation latency, CPU per frame", "app.bench_cameras", ""),
     "loop": ("30 Hz loop lateness with inference and recording", None, "the policy runner"),
     "recorder": ("sustained recording throughput and loop impact", None, "the episode store and recorder"),
     "loader": ("training samples per second from a store", None, "the training data pipeline"),

@@ -24,11 +24,7 @@ from drivers.errors import DeviceError
 # name -> (help, module implementing it, or None with the capability it still needs)
 COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "doctor": ("check packages, rendering, USB/serial, cameras, GPU and disk", "app.doctor", ""),
-    "cameras": (
-        "list connected cameras (serial, model, firmware, USB)",
-        None,
-        "RealSense/OpenCV camera drivers",
-    ),
+    "cameras": ("list connected cameras (serial, model, firmware, USB)", "app.cameras", ""),
     "teleop": ("drive the followers from the leaders (sim: the scripted teleoperator)", "app.teleop", ""),
     "record": (
         "record teleoperated episodes into a Zarr store",

@@ -318,31 +318,20 @@ def check_realsense(serials: Sequence[str] = ()) -> Check:
     name = "realsense"
     wanted = ", ".join(serials)
     try:
-        import pyrealsense2 as rs
-    except Exception as exc:  # ImportError/OSError: not installed, or libusb missing
-        message = f"{type(exc).__name__}: {exc}"
+        from drivers.realsense import list_devices
+
+        devices = list_devices()  # the same code as `xr0 cameras`
+    except (
+        Exception
+    ) as exc:  # DependencyMissing (ImportError/OSError inside): not installed, or libusb missing
+        message = f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}"
         fix = _missing_library_fix(message) or "pip install pyrealsense2"
         if serials:
             return Check(name, "fail", f"cannot look for configured camera(s) {wanted}: {message}", fix)
         return Check(name, "warn", f"pyrealsense2 unavailable ({message}); sim cameras only", fix)
 
-    def info(device, key) -> str:
-        return device.get_info(key) if device.supports(key) else "?"
-
-    found = []
-    slow_usb = []
-    for device in rs.context().query_devices():
-        serial = info(device, rs.camera_info.serial_number)
-        usb = info(device, rs.camera_info.usb_type_descriptor)
-        found.append(
-            (
-                serial,
-                f"{info(device, rs.camera_info.name)} sn={serial} "
-                f"fw={info(device, rs.camera_info.firmware_version)} usb={usb}",
-            )
-        )
-        if usb.startswith("2"):
-            slow_usb.append(serial)
+    found = [(d.serial, f"{d.name} sn={d.serial} fw={d.firmware} usb={d.usb_type or '?'}") for d in devices]
+    slow_usb = [d.serial for d in devices if d.usb_type.startswith("2")]
     listing = "; ".join(text for _, text in found) or "none"
     missing = [serial for serial in serials if serial not in {serial for serial, _ in found}]
     if missing:

@@ -21,7 +21,8 @@ from app.config import AppConfig
 from app.errors import CliError
 from app.events import EpisodeEvent, Publisher, StepEvent
 from app.viz import Sink
-from drivers.clock import Rate
+from drivers.clock import Rate, Tick
+from drivers.errors import DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class EpisodeSummary:
     seed: int | None = None
     success: bool | None = None  # None where nobody judged it (hardware without a mark)
     max_stage: int | None = None  # simulator task stage reached (0..4)
+    error: str | None = None  # why the episode ended early (a device failed), if it did
 
 
 @dataclass
@@ -44,6 +46,8 @@ class TeleopReport:
     lateness_ms: dict[str, float] = field(default_factory=dict)
     section_ms: dict[str, float] = field(default_factory=dict)  # mean time per loop section
     safety: dict[str, int] = field(default_factory=dict)
+    observations: dict[str, int] = field(default_factory=dict)  # observation quality counters
+    error: str | None = None  # the device error that ended the session early, if any
 
     @property
     def success_rate(self) -> float | None:
@@ -59,6 +63,31 @@ class TeleopSession:
         self.fps = fps
         self.publisher = publisher or Publisher()
         self.stop = stop or threading.Event()
+
+    def _tick(self, tick: Tick, tick_index: int, episode: int) -> StepEvent:
+        """One control tick: observe, read the leaders, send through the safety layer."""
+        robot = self.rig.robot
+        t0 = time.perf_counter()
+        obs = robot.observe()
+        t1 = time.perf_counter()
+        leader = robot.leader_action()
+        t2 = time.perf_counter()
+        cmd = robot.send_action(leader.action)
+        t3 = time.perf_counter()
+        return StepEvent(
+            tick=tick_index,
+            deadline_ns=tick.deadline_ns,
+            lateness_ns=tick.lateness_ns,
+            episode=episode,
+            observation=obs,
+            leader=leader.action,
+            leader_t_ns=leader.t_ns,
+            action=cmd.action,
+            action_t_ns=self.rig.clock.now_ns(),
+            clamped=int(cmd.clamped.sum()),
+            rejected=cmd.rejected,
+            timings_ms={"observe": (t1 - t0) * 1e3, "leader": (t2 - t1) * 1e3, "send": (t3 - t2) * 1e3},
+        )
 
     def run(self, episodes: int, episode_seconds: float) -> TeleopReport:
         """Run `episodes` episodes of `episode_seconds` each (or until `stop` is set)."""
@@ -87,33 +116,19 @@ class TeleopSession:
                     if self.stop.is_set():
                         break
                     tick = rate.wait()
-                    t0 = time.perf_counter()
-                    obs = robot.observe()
-                    t1 = time.perf_counter()
-                    leader = robot.leader_action()
-                    t2 = time.perf_counter()
-                    cmd = robot.send_action(leader.action)
-                    t3 = time.perf_counter()
-                    timings = {"observe": (t1 - t0) * 1e3, "leader": (t2 - t1) * 1e3, "send": (t3 - t2) * 1e3}
-                    for k, v in timings.items():
+                    try:
+                        event = self._tick(tick, tick_index, ep)
+                    except DeviceError as e:
+                        # A device failed mid-episode (a camera stopped, a stale sample): end the episode
+                        # cleanly — subscribers get its end event and keep what they have — and stop.
+                        log.error("episode %d ended: %s", ep, e)
+                        summary.error = report.error = str(e)
+                        self.stop.set()
+                        break
+                    for k, v in event.timings_ms.items():
                         sections[k].append(v)
                     lateness.append(tick.lateness_ns)
-                    self.publisher.step(
-                        StepEvent(
-                            tick=tick_index,
-                            deadline_ns=tick.deadline_ns,
-                            lateness_ns=tick.lateness_ns,
-                            episode=ep,
-                            observation=obs,
-                            leader=leader.action,
-                            leader_t_ns=leader.t_ns,
-                            action=cmd.action,
-                            action_t_ns=clock.now_ns(),
-                            clamped=int(cmd.clamped.sum()),
-                            rejected=cmd.rejected,
-                            timings_ms=timings,
-                        )
-                    )
+                    self.publisher.step(event)
                     tick_index += 1
                     summary.ticks += 1
                     if sim is not None:
@@ -122,11 +137,13 @@ class TeleopSession:
                 if sim is not None:
                     summary.success = sim.is_success()
                 report.episodes.append(summary)
+                info = {"error": summary.error} if summary.error else {}
                 self.publisher.episode(
-                    EpisodeEvent(ep, "end", clock.now_ns(), success=summary.success, seed=seed)
+                    EpisodeEvent(ep, "end", clock.now_ns(), success=summary.success, seed=seed, info=info)
                 )
                 log.info("episode %d: %d ticks, success=%s", ep, summary.ticks, summary.success)
             report.safety = robot.safety.counters.as_dict() if robot.safety else {}
+            report.observations = dict(robot.observation_counters)
         report.ticks = tick_index
         report.wall_s = time.perf_counter() - wall0
         if lateness:
@@ -195,8 +212,13 @@ def print_report(report: TeleopReport) -> None:
     if report.lateness_ms:
         lat = report.lateness_ms
         print(f"  loop lateness p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms")
+    obs = report.observations
+    if obs.get("duplicated_frames") or obs.get("skewed"):
+        print(f"  observations: {obs['duplicated_frames']} duplicated frame(s), {obs['skewed']} skewed")
     if report.success_rate is not None:
         print(f"  success rate: {report.success_rate:.0%}")
+    if report.error:
+        print(f"  stopped early: {report.error}")
 
 
 def run(args, config: AppConfig) -> int:
@@ -206,4 +228,4 @@ def run(args, config: AppConfig) -> int:
     print_report(report)
     if sink.path is not None:
         print(f"  Rerun recording: {sink.path}")
-    return 0
+    return 1 if report.error else 0

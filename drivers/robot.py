@@ -16,7 +16,7 @@ import numpy as np
 from drivers.arm import Arm, JointSample
 from drivers.camera import Camera
 from drivers.clock import Clock
-from drivers.errors import DeviceError
+from drivers.errors import DeviceError, StaleSampleError
 from drivers.joints import JOINT_NAMES, SIDES, STATE_DIM, side_slice
 from drivers.safety import SafeCommand, SafetyConfig, SafetyLayer
 
@@ -32,6 +32,8 @@ class Observation:
     images: dict[str, np.ndarray]  # camera name -> (H, W, 3) uint8 RGB
     image_t_ns: dict[str, int]  # camera name -> capture time
     image_index: dict[str, int]  # camera name -> frame counter
+    duplicated: tuple[str, ...] = ()  # cameras whose frame is the same one as in the previous observation
+    skew_ms: float = 0.0  # spread of the capture times (state and frames) within this observation
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class BimanualRobot:
         self.clock = clock
         self.safety: SafetyLayer | None = None
         self._connected = False
+        self._last_index: dict[str, int] = {}
+        # Observation quality, counted for the status line and the episode metadata.
+        self.observation_counters = {"observations": 0, "duplicated_frames": 0, "skewed": 0, "stale": 0}
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def features(self) -> Features:
@@ -154,10 +159,30 @@ class BimanualRobot:
         )
 
     def observe(self, max_age_ms: float | None = None) -> Observation:
-        """Latest joint state and frames; a frame older than `max_age_ms` (default: safety config) raises."""
+        """Latest joint state and frames, with their capture times.
+
+        A frame older than `max_age_ms` (default: the safety config's bound) raises `StaleSampleError`.
+        A frame that is the same one the previous observation had is not hidden: it is named in
+        `duplicated` and counted; capture times further apart than the skew bound are counted too.
+        """
         age = self.safety_config.max_observation_age_ms if max_age_ms is None else max_age_ms
+        counters = self.observation_counters
         state, velocity, effort, state_t = self.read_joints()
-        frames = {name: cam.latest(age) for name, cam in self.cameras.items()}
+        try:
+            frames = {name: cam.latest(age) for name, cam in self.cameras.items()}
+        except StaleSampleError:
+            counters["stale"] += 1
+            raise
+        duplicated = tuple(n for n, f in frames.items() if self._last_index.get(n) == f.index)
+        self._last_index.update({n: f.index for n, f in frames.items()})
+        times = [state_t, *(f.t_ns for f in frames.values())]
+        skew_ms = (max(times) - min(times)) / 1e6
+        counters["observations"] += 1
+        counters["duplicated_frames"] += len(duplicated)
+        if skew_ms > self.safety_config.max_observation_skew_ms:
+            counters["skewed"] += 1
+        if duplicated:
+            log.debug("duplicated frame from %s", ", ".join(duplicated))
         return Observation(
             state=state,
             velocity=velocity,
@@ -166,6 +191,8 @@ class BimanualRobot:
             images={n: f.image for n, f in frames.items()},
             image_t_ns={n: f.t_ns for n, f in frames.items()},
             image_index={n: f.index for n, f in frames.items()},
+            duplicated=duplicated,
+            skew_ms=skew_ms,
         )
 
     def leader_action(self) -> LeaderCommand:

@@ -26,6 +26,8 @@ class SafetyConfig:
     joint_limits: dict[str, tuple[float, float]] = field(default_factory=dict)
     # A camera or joint sample older than this stops the policy (ms).
     max_observation_age_ms: float = 100.0
+    # Capture times within one observation further apart than this (ms) are flagged and counted as skewed.
+    max_observation_skew_ms: float = 50.0
     # What the arms do when the app exits or e-stops: keep holding their position, or go limp.
     on_exit: Literal["hold", "torque_off"] = "hold"
 
