@@ -18,6 +18,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class ChunkRecord:
+    """A policy chunk as the runner received it (published once, on its arrival tick)."""
+
+    chunk_id: int
+    request_tick: int  # ks: the tick whose observation the policy saw; row 0 belongs to it
+    arrival_tick: int  # ka: the tick it arrived by
+    outcome: str  # on_time | late | late_discarded | expired (see app/schedule.py)
+    switch_index: int | None  # the row that took over at ka (None: not executed)
+    prefix_length: int  # P rows that were committed before the request
+    actions: np.ndarray | None  # (T, 14) absolute targets, prefix rows enforced; None if not spliced
+    inference_ms: float  # the policy's answer time (wall clock, or modelled in lockstep)
+
+
+@dataclass(frozen=True)
 class StepEvent:
     tick: int  # control tick index since the loop started
     deadline_ns: int  # when the tick was due (Clock.now_ns time base)
@@ -31,6 +45,13 @@ class StepEvent:
     clamped: int  # joints clamped this tick
     rejected: bool  # the request was refused (non-finite) and the arms held
     timings_ms: dict[str, float] = field(default_factory=dict)  # loop sections: observe, leader, send
+    # Policy loops only (None in teleop):
+    planned: np.ndarray | None = None  # (14,) the action the plan asked for, before the safety layer
+    chunk_id: int | None = None  # the chunk `planned` came from (None: the arms held)
+    chunk_index: int | None = None  # its row in that chunk
+    new_chunk: ChunkRecord | None = None  # set on the tick a new chunk was received
+    hold: str | None = None  # why the arms held: waiting | starved | paused | estop | error
+    observation_stale: bool = False  # the observation was older than the bound: no inference on it
 
 
 @dataclass(frozen=True)
@@ -59,8 +80,11 @@ class Publisher:
 
     def _call(self, method: str, event: object) -> None:
         for sub in list(self.subscribers):
+            handler = getattr(sub, method, None)
+            if handler is None:  # optional hooks (on_chunk): not every subscriber wants every event
+                continue
             try:
-                getattr(sub, method)(event)
+                handler(event)
             except Exception:
                 log.exception("subscriber %s failed and was detached", type(sub).__name__)
                 self.subscribers.remove(sub)
@@ -70,6 +94,10 @@ class Publisher:
 
     def episode(self, event: EpisodeEvent) -> None:
         self._call("on_episode", event)
+
+    def chunk(self, event: object) -> None:
+        """A policy chunk (runner only); delivered to subscribers that define `on_chunk`."""
+        self._call("on_chunk", event)
 
     def close(self) -> None:
         for sub in self.subscribers:

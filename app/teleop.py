@@ -20,7 +20,7 @@ from app.compose import Rig
 from app.config import AppConfig
 from app.errors import CliError
 from app.events import EpisodeEvent, Publisher, StepEvent
-from app.viz import Sink
+from app.viz import Sink, resolve_sink
 from drivers.clock import Rate, Tick
 from drivers.errors import DeviceError
 
@@ -177,14 +177,17 @@ def run_teleop(
 
     try:
         sink = Sink.parse(rerun)
-    except ValueError as e:
+        if sink.path is not None and not sink.path.is_absolute():
+            sink = replace(sink, path=Path.cwd() / sink.path)
+        sink, note = resolve_sink(sink, fallback_file=Path.cwd() / "runs" / "teleop" / "teleop.rrd")
+    except ValueError as e:  # VizError is a ValueError
         raise CliError(str(e)) from e
-    if sink.path is not None and not sink.path.is_absolute():
-        sink = replace(sink, path=Path.cwd() / sink.path)
+    if note:
+        log.warning("%s", note)
     rig = build_rig(config)
     publisher = Publisher()
     if sink.kind != "off":
-        publisher.subscribers.append(RerunLogger(sink, config.viz))
+        publisher.subscribers.append(RerunLogger(sink, config.viz, cameras=list(rig.robot.cameras)))
     seconds = episode_seconds
     if seconds is None:
         sim_seconds = config.robot.scripted.episode_seconds

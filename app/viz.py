@@ -1,18 +1,33 @@
-"""Rerun logging as a loop subscriber: cameras, measured vs commanded joints, loop timing.
+"""Rerun visualisation as a loop subscriber: the operator's view of teleop, recording and rollouts.
 
-The control thread only puts events on a bounded queue; a worker thread compresses images to JPEG and
-logs them. When the queue is full the visualisation message is dropped and counted — the data the
-recorder keeps is never affected. Two timelines: `tick` (control ticks) and `time` (seconds since the
-session started, from capture timestamps).
+The control thread only puts events on a bounded queue (`on_step`, `on_episode`, `on_chunk` return at
+once); a worker thread compresses images to JPEG and logs. A full queue drops the visualisation message
+and counts it — the recorder's data is never affected. Two timelines: `tick` (control ticks) and `time`
+(seconds since the session started, from the capture/deadline times of the app's one clock).
+
+Entities (what the blueprint lays out):
+    cameras/<name>                  JPEG images, with history (bounded by the viewer's memory limit)
+    arms/<side>/measured|commanded  7 series each: 6 joints (rad) + gripper (0..1)
+    chunks/predicted/slot<k>        each predicted chunk on the future ticks it covers (4 rotating slots)
+    chunks/committed                the 14 actions actually sent, per tick
+    chunks/prefix_len|delay_ticks|latency_ms   per chunk, at the tick its observation was taken
+    loop/lateness_ms, loop/<section>_ms, loop/queue/<name>, counters/<name>
+    tasks/per_minute, tasks/rolling_per_min, tasks/success   throughput and success markers
+    events                          text log: episode starts/ends, successes, errors
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from app.config import VizConfig
 from app.events import EpisodeEvent, StepEvent
@@ -20,6 +35,12 @@ from drivers.joints import ARM_JOINTS, SIDES, side_slice
 
 log = logging.getLogger(__name__)
 _STOP = object()
+CHUNK_SLOTS = 4
+SERIES = [*ARM_JOINTS, "gripper"]
+
+
+class VizError(ValueError):
+    """A visualisation sink cannot be used as asked; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -46,10 +67,108 @@ class Sink:
         raise ValueError(f"--rerun {text!r}: use off, spawn, web, web:PORT or a FILE.rrd path")
 
 
+def has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def resolve_sink(sink: Sink, fallback_file: Path) -> tuple[Sink, str | None]:
+    """Check a sink before the loop starts; returns the sink to use and a note for the operator.
+
+    No display for `spawn` falls back to `fallback_file` (and says so); a taken web port or an
+    unwritable .rrd path is a `VizError` with one sentence.
+    """
+    if sink.kind == "spawn" and not has_display():
+        return Sink("file", path=fallback_file), (
+            f"no display for the Rerun viewer (DISPLAY is not set): writing {fallback_file} instead; "
+            f"open it later with `rerun {fallback_file}`"
+        )
+    if sink.kind == "web" and sink.port is not None and not _port_free(sink.port):
+        raise VizError(
+            f"--rerun web:{sink.port}: port {sink.port} is already in use; pick another, e.g. web:9091"
+        )
+    if sink.kind == "file":
+        folder = sink.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VizError(f"--rerun {sink.path}: cannot create the folder {folder} ({e.strerror})") from e
+        if not os.access(folder, os.W_OK):
+            raise VizError(f"--rerun {sink.path}: the folder {folder} is not writable")
+    return sink, None
+
+
+def blueprint(cameras: list[str], with_chunks: bool):
+    """The operator's layout: cameras on top, per-arm joints, then chunks, loop metrics and throughput."""
+    import rerun.blueprint as rrb
+
+    cams = [rrb.Spatial2DView(origin=f"cameras/{c}", name=c) for c in cameras] or [
+        rrb.TextDocumentView(origin="cameras", name="no cameras")
+    ]
+    arms = [rrb.TimeSeriesView(origin=f"arms/{s}", name=f"{s} arm: measured vs commanded") for s in SIDES]
+    bottom = [
+        rrb.TimeSeriesView(origin="loop", name="loop timing"),
+        rrb.TimeSeriesView(origin="tasks", name="throughput"),
+    ]
+    if with_chunks:
+        bottom.insert(0, rrb.TimeSeriesView(origin="chunks", name="predicted vs committed chunks"))
+    return rrb.Blueprint(
+        rrb.Vertical(
+            rrb.Horizontal(*cams),
+            rrb.Horizontal(*arms),
+            rrb.Horizontal(*bottom),
+            rrb.Horizontal(
+                rrb.TimeSeriesView(origin="counters", name="counters"), rrb.TextLogView(origin="events")
+            ),
+            row_shares=[3, 2, 2, 1],
+        ),
+        collapse_panels=True,
+    )
+
+
+class Throughput:
+    """Completed tasks per minute: fixed one-minute buckets and a rolling rate over the last minute."""
+
+    def __init__(self) -> None:
+        self.successes: list[float] = []  # seconds since the session started
+        self._recent: deque[float] = deque()
+
+    def add(self, t_s: float) -> tuple[int, int, float]:
+        """Record a success at t_s; returns (minute bucket, tasks in that bucket, rolling tasks/min)."""
+        self.successes.append(t_s)
+        self._recent.append(t_s)
+        while self._recent and self._recent[0] < t_s - 60.0:
+            self._recent.popleft()
+        minute = int(t_s // 60)
+        in_bucket = sum(1 for s in self.successes if int(s // 60) == minute)
+        return minute, in_bucket, float(len(self._recent))  # tasks within the last 60 s = per minute
+
+    def per_minute(self, duration_s: float) -> list[int]:
+        buckets = [0] * max(1, int(np.ceil(duration_s / 60.0)))
+        for s in self.successes:
+            buckets[min(int(s // 60), len(buckets) - 1)] += 1
+        return buckets
+
+
 class RerunLogger:
     """Subscriber that logs loop events to Rerun from its own thread."""
 
-    def __init__(self, sink: Sink, config: VizConfig, app_id: str = "xr0") -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        config: VizConfig,
+        cameras: list[str] | None = None,
+        with_chunks: bool = False,
+        app_id: str = "xr0",
+    ) -> None:
         import rerun as rr
 
         self.rr = rr
@@ -57,18 +176,20 @@ class RerunLogger:
         self.config = config
         self.dropped = 0
         self.logged = 0
+        self.error: str | None = None
+        self.throughput = Throughput()
         self._t0_ns: int | None = None
+        self._tick = 0
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
-        self.rec = rr.RecordingStream(app_id, recording_id=None)
+        self.rec = rr.RecordingStream(app_id)
+        bp = blueprint(cameras or [], with_chunks)
         if sink.kind == "file":
-            sink.path.parent.mkdir(parents=True, exist_ok=True)
-            self.rec.save(str(sink.path))
+            self.rec.save(str(sink.path), default_blueprint=bp)
         elif sink.kind == "spawn":
-            self.rec.spawn(memory_limit=config.memory_limit)
+            self.rec.spawn(memory_limit=config.memory_limit, default_blueprint=bp)
         elif sink.kind == "web":
-            uri = self.rec.serve_grpc(
-                server_memory_limit=config.memory_limit if "%" not in config.memory_limit else "1GiB"
-            )
+            limit = config.memory_limit if "%" not in config.memory_limit else "1GiB"
+            uri = self.rec.serve_grpc(server_memory_limit=limit, default_blueprint=bp)
             rr.serve_web_viewer(web_port=sink.port, open_browser=False, connect_to=uri)
             log.info("Rerun web viewer on port %s", sink.port or "default")
         self._log_static()
@@ -78,28 +199,41 @@ class RerunLogger:
     def _log_static(self) -> None:
         rr = self.rr
         for side in SIDES:
-            names = [*ARM_JOINTS, "gripper"]
             for kind in ("measured", "commanded"):
-                self.rec.log(
-                    f"arms/{side}/{kind}", rr.SeriesLines(names=[f"{n} ({kind})" for n in names]), static=True
-                )
+                names = [f"{n} ({kind})" for n in SERIES]
+                self.rec.log(f"arms/{side}/{kind}", rr.SeriesLines(names=names), static=True)
+        joint_names = [f"{s}_{n}" for s in SIDES for n in SERIES]
+        self.rec.log(
+            "chunks/committed",
+            rr.SeriesLines(names=[f"{n} (committed)" for n in joint_names], widths=2.5),
+            static=True,
+        )
+        for k in range(CHUNK_SLOTS):
+            names = [f"{n} (chunk slot {k})" for n in joint_names]
+            self.rec.log(f"chunks/predicted/slot{k}", rr.SeriesLines(names=names, widths=1.0), static=True)
+        self.rec.log("tasks/success", rr.SeriesPoints(marker_sizes=8.0, names="success"), static=True)
 
     # -- subscriber API (called on the control thread: never blocks) --------------------------------------
-    def on_step(self, event: StepEvent) -> None:
+    def _put(self, item: object) -> None:
         try:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
 
+    def on_step(self, event: StepEvent) -> None:
+        self._put(event)
+
     def on_episode(self, event: EpisodeEvent) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self.dropped += 1
+        self._put(event)
+
+    def on_chunk(self, event: object) -> None:
+        """A chunk from the policy runner: fields chunk_id, tick_start, actions (T, 14), prefix_len,
+        delay_ticks, latency_ms."""
+        self._put(event)
 
     def close(self) -> None:
         self._queue.put(_STOP)
-        self._worker.join(timeout=30)
+        self._worker.join(timeout=60)
         self.rec.flush()
         if self.sink.kind == "file":
             self.rec.disconnect()
@@ -115,23 +249,31 @@ class RerunLogger:
             item = self._queue.get()
             if item is _STOP:
                 return
+            if self.error is not None:
+                continue  # visualisation failed earlier: keep draining so the loop never notices
             try:
                 if isinstance(item, StepEvent):
                     self._log_step(item)
-                else:
+                elif isinstance(item, EpisodeEvent):
                     self._log_episode(item)
-            except Exception:
-                log.exception("Rerun logging failed; visualisation stops, the loop goes on")
-                return
+                else:
+                    self._log_chunk(item)
+            except Exception as e:  # noqa: BLE001 - a viewer that went away must not stop the robot
+                self.error = f"Rerun logging stopped: {e}"
+                log.error("%s; the control loop goes on without visualisation", self.error)
 
-    def _set_time(self, tick: int, t_ns: int) -> None:
+    def _seconds(self, t_ns: int) -> float:
         if self._t0_ns is None:
             self._t0_ns = t_ns
+        return (t_ns - self._t0_ns) / 1e9
+
+    def _set_time(self, tick: int, t_ns: int) -> None:
         self.rec.set_time("tick", sequence=tick)
-        self.rec.set_time("time", duration=(t_ns - self._t0_ns) / 1e9)
+        self.rec.set_time("time", duration=self._seconds(t_ns))
 
     def _log_step(self, e: StepEvent) -> None:
         rr, rec = self.rr, self.rec
+        self._tick = e.tick
         self._set_time(e.tick, e.deadline_ns)
         for name, image in e.observation.images.items():
             rec.log(f"cameras/{name}", rr.Image(image).compress(jpeg_quality=self.config.jpeg_quality))
@@ -139,19 +281,85 @@ class RerunLogger:
             sl = side_slice(side)
             rec.log(f"arms/{side}/measured", rr.Scalars(e.observation.state[sl]))
             rec.log(f"arms/{side}/commanded", rr.Scalars(e.action[sl]))
+        rec.log("chunks/committed", rr.Scalars(e.action))
         rec.log("loop/lateness_ms", rr.Scalars(e.lateness_ns / 1e6))
         for section, ms in e.timings_ms.items():
             rec.log(f"loop/{section}_ms", rr.Scalars(ms))
+        rec.log("loop/queue/viz", rr.Scalars(self._queue.qsize()))
+        rec.log("counters/viz_dropped", rr.Scalars(self.dropped))
         if e.clamped or e.rejected:
-            rec.log("safety/clamped", rr.Scalars(e.clamped))
+            rec.log("counters/clamped_this_tick", rr.Scalars(e.clamped))
+        if e.observation.duplicated:
+            rec.log("counters/duplicated_frames_this_tick", rr.Scalars(len(e.observation.duplicated)))
         self.logged += 1
 
     def _log_episode(self, e: EpisodeEvent) -> None:
         rr = self.rr
-        if self._t0_ns is None:
-            self._t0_ns = e.t_ns
-        self.rec.set_time("time", duration=(e.t_ns - self._t0_ns) / 1e9)
+        t_s = self._seconds(e.t_ns)
+        self.rec.set_time("time", duration=t_s)
+        self.rec.set_time("tick", sequence=self._tick)
         text = f"episode {e.episode} {e.kind}"
+        if e.seed is not None:
+            text += f" (seed {e.seed})"
         if e.success is not None:
             text += " — success" if e.success else " — failure"
-        self.rec.log("events", rr.TextLog(text, level="INFO" if e.success is not False else "WARN"))
+        if e.info.get("error"):
+            text += f" — {e.info['error']}"
+        level = "ERROR" if e.info.get("error") else ("WARN" if e.success is False else "INFO")
+        self.rec.log("events", rr.TextLog(text, level=level))
+        if e.kind == "end" and e.success:
+            minute, in_bucket, rolling = self.throughput.add(t_s)
+            self.rec.log("tasks/success", rr.Scalars(1.0))
+            self.rec.log("tasks/per_minute", rr.Scalars(in_bucket))
+            self.rec.log("tasks/rolling_per_min", rr.Scalars(rolling))
+
+    def _log_chunk(self, c) -> None:
+        rr = self.rr
+        actions = np.asarray(c.actions, dtype=np.float64)  # (T, 14)
+        ticks = np.arange(c.tick_start, c.tick_start + len(actions))
+        self.rec.send_columns(
+            f"chunks/predicted/slot{c.chunk_id % CHUNK_SLOTS}",
+            indexes=[rr.TimeColumn("tick", sequence=ticks)],
+            columns=rr.Scalars.columns(scalars=actions),
+        )
+        self.rec.set_time("tick", sequence=c.tick_start)
+        self.rec.log("chunks/prefix_len", rr.Scalars(c.prefix_len))
+        self.rec.log("chunks/delay_ticks", rr.Scalars(c.delay_ticks))
+        self.rec.log("chunks/latency_ms", rr.Scalars(c.latency_ms))
+
+
+def summary_png(
+    path: Path, duration_s: float, success_times_s: list[float], latencies_ms: list[float]
+) -> Path:
+    """End-of-rollout plot: tasks per minute over the run, and the inference latency histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = Throughput()
+    for s in sorted(success_times_s):
+        t.add(s)
+    buckets = t.per_minute(duration_s)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), dpi=100)
+    ax1.bar(np.arange(len(buckets)), buckets, color="#3b7dd8")
+    ax1.set_xlabel("minute")
+    ax1.set_ylabel("tasks completed")
+    total = len(success_times_s)
+    ax1.set_title(
+        f"throughput: {total} tasks in {duration_s / 60:.1f} min ({total / max(duration_s / 60, 1e-9):.2f}/min)"
+    )
+    if latencies_ms:
+        ax2.hist(latencies_ms, bins=40, color="#d8843b")
+        p50, p99 = np.percentile(latencies_ms, [50, 99])
+        ax2.axvline(p50, color="k", linestyle="--", label=f"p50 {p50:.0f} ms")
+        ax2.axvline(p99, color="r", linestyle="--", label=f"p99 {p99:.0f} ms")
+        ax2.legend()
+    ax2.set_xlabel("inference latency (ms)")
+    ax2.set_ylabel("chunks")
+    ax2.set_title("inference latency")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
