@@ -1,0 +1,142 @@
+"""Image codecs for Zarr v3 arrays of RGB frames: JPEG (lossy) and PNG (lossless), through imagecodecs.
+
+Each is an array→bytes codec for chunks of exactly one frame, shape (1, H, W, 3) uint8, so that a
+random read decodes one image. In the store they sit inside a shard (many frames per file) and are
+followed by a crc32c checksum, so a damaged chunk is reported instead of decoding to garbage.
+
+The codec names in the array metadata are `xr0.jpeg` and `xr0.png`; `register_codecs()` makes them
+known to zarr (the store modules call it before opening anything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import imagecodecs
+import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.core.common import parse_named_configuration
+from zarr.registry import register_codec
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import Buffer, NDBuffer
+
+
+def _check_spec(name: str, spec: ArraySpec) -> None:
+    shape = tuple(spec.shape)
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
+        raise ValueError(f"codec {name} encodes chunks of one RGB frame, shape (1, H, W, 3); got {shape}")
+    if spec.dtype.to_native_dtype() != np.uint8:
+        raise ValueError(f"codec {name} encodes uint8 frames, got {spec.dtype.to_native_dtype()}")
+
+
+class _ImageCodec(ArrayBytesCodec):
+    is_fixed_size = False
+    codec_name = ""
+
+    def _encode_image(self, image: np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def _decode_image(self, data: bytes) -> np.ndarray:
+        raise NotImplementedError
+
+    def validate(self, *, shape: Any, dtype: Any, chunk_grid: Any) -> None:
+        if dtype.to_native_dtype() != np.uint8:
+            raise ValueError(
+                f"codec {self.codec_name} stores uint8 RGB frames, not {dtype.to_native_dtype()}"
+            )
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        _check_spec(self.codec_name, chunk_spec)
+        image = np.ascontiguousarray(chunk_array.as_numpy_array()[0])
+        return chunk_spec.prototype.buffer.from_bytes(self._encode_image(image))
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        image = self._decode_image(chunk_bytes.as_numpy_array().tobytes())
+        want = tuple(chunk_spec.shape[1:])
+        if image.shape != want:
+            raise ValueError(f"{self.codec_name}: decoded a {image.shape} image where {want} was stored")
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(image[None])
+
+    # Off zarr's event loop, like zarr's own compressors: frames of a flush encode in parallel threads
+    # (imagecodecs releases the GIL while it encodes).
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
+        raise NotImplementedError(f"{self.codec_name} output has no fixed size")
+
+
+@dataclass(frozen=True)
+class JpegCodec(_ImageCodec):
+    """Baseline JPEG (libjpeg-turbo through imagecodecs); `quality` 1..100."""
+
+    quality: int = 90
+    codec_name = "xr0.jpeg"
+
+    def __post_init__(self) -> None:
+        if not 1 <= int(self.quality) <= 100:
+            raise ValueError(f"JPEG quality must be 1..100, got {self.quality}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JpegCodec:
+        _, config = parse_named_configuration(data, cls.codec_name, require_configuration=False)
+        return cls(**(config or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.codec_name, "configuration": {"quality": int(self.quality)}}
+
+    def _encode_image(self, image: np.ndarray) -> bytes:
+        return imagecodecs.jpeg8_encode(image, level=int(self.quality))
+
+    def _decode_image(self, data: bytes) -> np.ndarray:
+        return imagecodecs.jpeg8_decode(data)
+
+
+@dataclass(frozen=True)
+class PngCodec(_ImageCodec):
+    """Lossless PNG; `level` 0..9 trades speed for size (1: fast)."""
+
+    level: int = 1
+    codec_name = "xr0.png"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PngCodec:
+        _, config = parse_named_configuration(data, cls.codec_name, require_configuration=False)
+        return cls(**(config or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.codec_name, "configuration": {"level": int(self.level)}}
+
+    def _encode_image(self, image: np.ndarray) -> bytes:
+        return imagecodecs.png_encode(image, level=int(self.level))
+
+    def _decode_image(self, data: bytes) -> np.ndarray:
+        return imagecodecs.png_decode(data)
+
+
+_REGISTERED = False
+
+
+def register_codecs() -> None:
+    """Make `xr0.jpeg` and `xr0.png` known to zarr (idempotent)."""
+    global _REGISTERED
+    if not _REGISTERED:
+        register_codec(JpegCodec.codec_name, JpegCodec)
+        register_codec(PngCodec.codec_name, PngCodec)
+        _REGISTERED = True
+
+
+def image_codec(name: str, jpeg_quality: int = 90) -> _ImageCodec:
+    """The codec for `recording.image_codec`: jpeg (with its quality) or png (lossless)."""
+    if name == "jpeg":
+        return JpegCodec(quality=jpeg_quality)
+    if name == "png":
+        return PngCodec()
+    raise ValueError(f"image codec must be jpeg or png, got {name!r}")

@@ -1,0 +1,233 @@
+"""Reading an episode store: episodes, lengths, tasks, any array slice, and training samples.
+
+`EpisodeStore(path)` lists the committed episodes (partial ones are reported, never read as data).
+`get(episode, key, steps)` decodes only the chunks the steps fall in: one JPEG per image step.
+`SampleIndex` numbers every step of every committed episode 0…N-1 for a training sampler, and
+`sample()` returns what one training example needs — images and state at t, actions t…t+H-1 — with one
+read per array. Low-dimensional arrays are small, so whole episodes of them are cached (bounded by bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from recording.codecs import register_codecs
+from recording.schema import (
+    COMMITTED,
+    EPISODES_GROUP,
+    StoreError,
+    StoreSpec,
+    check_store,
+    episode_attrs,
+    episode_dirs,
+    episode_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SampleIndex:
+    """A flat index over all steps of the given episodes: i ↔ (episode, step)."""
+
+    episodes: np.ndarray  # (E,) episode indices
+    lengths: np.ndarray  # (E,) steps per episode
+    starts: np.ndarray  # (E,) flat index of each episode's first step
+
+    @staticmethod
+    def build(episodes: Sequence[int], lengths: Sequence[int]) -> SampleIndex:
+        lengths_arr = np.asarray(lengths, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths_arr)[:-1]]).astype(np.int64)
+        return SampleIndex(np.asarray(episodes, dtype=np.int64), lengths_arr, starts)
+
+    def __len__(self) -> int:
+        return int(self.lengths.sum())
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(episode, step) of flat index `i`."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} is out of range: the index has {n} steps")
+        i = i % n
+        k = int(np.searchsorted(self.starts, i, side="right") - 1)
+        return int(self.episodes[k]), int(i - self.starts[k])
+
+
+class EpisodeStore:
+    """Read access to an xr0 episode store (safe while a recorder appends new episodes; call `refresh()`)."""
+
+    def __init__(self, path: str | Path, numeric_cache_mb: float = 256.0) -> None:
+        register_codecs()
+        self.path = Path(path)
+        self.attrs = check_store(self.path)
+        self.spec = StoreSpec.from_attrs(self.attrs, f"dataset {self.path}")
+        self.key_specs = {a.key: a for a in self.spec.arrays()}
+        self._root = zarr.open_group(self.path, mode="r")
+        self._arrays: dict[tuple[int, str], zarr.Array] = {}
+        self._cache: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = int(numeric_cache_mb * 2**20)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-list the episodes (a recorder may have committed new ones)."""
+        self._info: dict[int, dict[str, Any]] = {}
+        self.partial: list[int] = []
+        for index, directory in episode_dirs(self.path).items():
+            try:
+                attrs = episode_attrs(directory)
+            except StoreError:
+                self.partial.append(index)
+                continue
+            if attrs.get("status") == COMMITTED:
+                self._info[index] = attrs
+            else:
+                self.partial.append(index)
+        self.episodes: list[int] = sorted(self._info)
+        self.lengths = np.array([int(self._info[e]["length"]) for e in self.episodes], dtype=np.int64)
+        self.sample_index = SampleIndex.build(self.episodes, self.lengths)
+
+    # -- metadata ---------------------------------------------------------------------------------------------
+    @property
+    def fps(self) -> float:
+        return self.spec.fps
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.key_specs)
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k, a in self.key_specs.items() if a.image]
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task instruction of each committed episode (aligned with `episodes`)."""
+        return [str(self._info[e].get("task", "")) for e in self.episodes]
+
+    @property
+    def stats(self) -> dict[str, Any] | None:
+        """Normalisation statistics stored by `xr0 dataset stats` (None if never computed)."""
+        return self.attrs.get("stats")
+
+    def info(self, episode: int) -> dict[str, Any]:
+        """The attributes of a committed episode (task, success, fps, start time, length, …)."""
+        self._check_episode(episode)
+        return dict(self._info[episode])
+
+    def length(self, episode: int) -> int:
+        self._check_episode(episode)
+        return int(self._info[episode]["length"])
+
+    def __len__(self) -> int:
+        return len(self.sample_index)
+
+    def _check_episode(self, episode: int) -> None:
+        if episode not in self._info:
+            if episode in self.partial:
+                raise StoreError(
+                    f"episode {episode} of {self.path} is partial (an interrupted recording); "
+                    f"run `xr0 dataset repair {self.path}` to recover or drop it"
+                )
+            raise StoreError(
+                f"{self.path} has no episode {episode}; it has {len(self.episodes)} committed episode(s)"
+                + (f" ({self.episodes[0]}…{self.episodes[-1]})" if self.episodes else "")
+            )
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def array(self, episode: int, key: str) -> zarr.Array:
+        """The zarr array behind (episode, key), opened once."""
+        self._check_episode(episode)
+        if key not in self.key_specs:
+            raise StoreError(f"{self.path} has no array {key!r}; its keys are {', '.join(self.key_specs)}")
+        handle = self._arrays.get((episode, key))
+        if handle is None:
+            try:
+                handle = self._root[f"{EPISODES_GROUP}/{episode_name(episode)}/{key}"]
+            except (KeyError, FileNotFoundError, ValueError) as e:
+                raise StoreError(f"{self.path}: episode {episode} has no readable array {key} ({e})") from e
+            self._arrays[(episode, key)] = handle
+        return handle
+
+    def _read(self, episode: int, key: str, selection: Any) -> np.ndarray:
+        arr = self.array(episode, key)
+        try:
+            return np.asarray(arr[selection])
+        except (ValueError, RuntimeError, OSError, TypeError) as e:
+            raise StoreError(
+                f"{self.path}: episode {episode}, {key}, steps {_describe(selection)}: the stored data is "
+                f"corrupted ({e}); check with `xr0 dataset validate --deep {self.path}`"
+            ) from e
+
+    def get(self, episode: int, key: str, steps: int | slice = slice(None)) -> np.ndarray:
+        """Steps of one array of one episode, decoding only the chunks they fall in."""
+        n = self.length(episode)
+        if isinstance(steps, int | np.integer):
+            if not -n <= steps < n:
+                raise IndexError(f"step {steps} is out of range: episode {episode} has {n} steps")
+            steps = int(steps) % n
+        elif not isinstance(steps, slice):
+            raise TypeError(f"steps must be an int or a slice, got {type(steps).__name__}")
+        if self.key_specs.get(key) is not None and not self.key_specs[key].image:
+            return np.array(self._numeric(episode, key)[steps])
+        return self._read(episode, key, steps)
+
+    def _numeric(self, episode: int, key: str) -> np.ndarray:
+        """A whole low-dimensional array (a few kB per episode second), from an LRU cache bounded in bytes."""
+        cached = self._cache.get((episode, key))
+        if cached is not None:
+            self._cache.move_to_end((episode, key))
+            return cached
+        data = self._read(episode, key, slice(0, self.length(episode)))
+        data.setflags(write=False)
+        self._cache[(episode, key)] = data
+        self._cache_bytes += data.nbytes
+        while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old.nbytes
+        return data
+
+    def window(self, episode: int, key: str, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Steps start…start+length-1 of a low-dimensional array; steps past the end repeat the last one.
+
+        Returns (values, is_pad) where is_pad marks the repeated steps. Training samplers and the
+        per-timestep statistics use this same padding rule."""
+        data = self._numeric(episode, key)
+        n = len(data)
+        if not 0 <= start < n:
+            raise IndexError(f"window start {start} is out of range: episode {episode} has {n} steps")
+        idx = np.arange(start, start + length)
+        is_pad = idx >= n
+        return data[np.minimum(idx, n - 1)], is_pad
+
+    def sample(
+        self,
+        i: int,
+        horizon: int = 30,
+        image_keys: Sequence[str] | None = None,
+        state_key: str = "observation.state",
+        action_key: str = "action",
+    ) -> dict[str, Any]:
+        """One training example for flat index `i`: images and state at t, actions t…t+horizon-1."""
+        episode, t = self.sample_index.locate(i)
+        out: dict[str, Any] = {"episode": episode, "step": t, "task": self._info[episode].get("task", "")}
+        for key in self.image_keys if image_keys is None else image_keys:
+            out[key] = self._read(episode, key, t)
+        out[state_key] = np.array(self._numeric(episode, state_key)[t])
+        out[action_key], out[f"{action_key}_is_pad"] = self.window(episode, action_key, t, horizon)
+        return out
+
+
+def _describe(selection: Any) -> str:
+    if isinstance(selection, slice):
+        start = 0 if selection.start is None else selection.start
+        return f"{start}…{'end' if selection.stop is None else selection.stop - 1}"
+    return str(selection)

@@ -1,0 +1,374 @@
+"""Writing an episode store: open (or create) a store, begin an episode, append steps, commit or discard.
+
+Crash safety, in the order things reach the disk:
+1. `begin_episode` creates `episodes/episode_N` with `status: recording` and its arrays, sized for a
+   capacity that doubles when exceeded (so the array metadata is rarely rewritten).
+2. `flush` writes the pending steps of every array, then records `flushed_steps` in the episode's
+   attributes: after a crash, every array holds at least `flushed_steps` valid steps.
+3. `commit` flushes, trims the arrays to the exact length, fsyncs the episode's files (optional), and
+   writes `status: committed` last. zarr writes each file to a temporary name and renames it into place,
+   so every file (chunk, shard, metadata) is either the old or the new version, never torn.
+A committed episode's files are never written again except its attributes (atomically, e.g. a success
+mark). `discard` renames the episode away in one step, then deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.sync import sync
+
+from recording.codecs import image_codec, register_codecs
+from recording.schema import (
+    COMMITTED,
+    DISCARDED_PREFIX,
+    EPISODES_GROUP,
+    RECORDING,
+    ArraySpec,
+    StoreBusy,
+    StoreError,
+    StoreSpec,
+    check_store,
+    episode_attrs,
+    episode_dirs,
+    episode_name,
+)
+
+log = logging.getLogger(__name__)
+LOCK_FILE = ".xr0-writer.lock"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def fsync_tree(directory: Path) -> None:
+    """fsync every file and folder under `directory` (so a power cut cannot undo what is there)."""
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def summarize(read, spec: StoreSpec, n: int, min_rate_fraction: float) -> dict[str, Any]:
+    """Per-episode health derived from the stored arrays: loop rate, skipped ticks, repeated frames.
+
+    `read(key)` returns the first `n` steps of a per-step array."""
+    out: dict[str, Any] = {"length": int(n)}
+    if n == 0:
+        return {**out, "duration_s": 0.0, "loop_rate_hz": None, "rate_ok": False, "skipped_ticks": 0}
+    ts = read("timestamp_ns")
+    duration = (int(ts[-1]) - int(ts[0])) / 1e9
+    rate = (n - 1) / duration if duration > 0 else None
+    ticks = read("tick")
+    out["duration_s"] = round(duration + 1.0 / spec.fps, 4)
+    out["loop_rate_hz"] = None if rate is None else round(rate, 3)
+    out["rate_ok"] = bool(rate is not None and rate >= min_rate_fraction * spec.fps)
+    out["skipped_ticks"] = int(ticks[-1] - ticks[0] + 1 - n)
+    out["clamped_ticks"] = int(np.count_nonzero(read("action.clamped")))
+    out["rejected_ticks"] = int(np.count_nonzero(read("action.rejected")))
+    out["repeated_frames"] = {
+        cam: int(np.count_nonzero(np.diff(read(f"observation.images.{cam}.index")) == 0))
+        for cam in spec.cameras
+    }
+    return out
+
+
+class StoreWriter:
+    """The one writer of a store (an advisory lock keeps a second process out)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        spec: StoreSpec | None = None,
+        *,
+        fsync: bool = True,
+        min_rate_fraction: float = 0.9,
+        allow_partial: bool = False,
+    ) -> None:
+        register_codecs()
+        self.path = Path(path)
+        self.fsync = fsync
+        self.min_rate_fraction = min_rate_fraction
+        if self.path.exists():
+            stored = StoreSpec.from_attrs(check_store(self.path), f"dataset {self.path}")
+            if spec is not None:
+                diff = stored.difference(spec)
+                if diff:
+                    raise StoreError(
+                        f"dataset {self.path} does not match this recording: {diff}; record into a new dataset"
+                    )
+            self.spec = stored
+        else:
+            if spec is None:
+                raise StoreError(f"dataset {self.path} does not exist")
+            if not self.path.parent.is_dir():
+                raise StoreError(
+                    f"cannot create dataset {self.path}: the folder {self.path.parent} does not exist"
+                )
+            self.spec = spec
+        self._lock_fd = self._lock()
+        try:
+            if not (self.path / "zarr.json").exists():
+                self._create()
+            self.root = zarr.open_group(self.path, mode="r+")
+            partial = [i for i, d in episode_dirs(self.path).items() if _status(d) != COMMITTED]
+            if partial and not allow_partial:
+                raise StoreError(
+                    f"dataset {self.path} has partial episode(s) {', '.join(map(str, partial))} left by an "
+                    f"interrupted recording; run `xr0 dataset repair {self.path}` (recover or --drop) first"
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> int:
+        try:
+            self.path.mkdir(exist_ok=True)
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot open dataset {self.path} for writing: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreBusy(
+                f"dataset {self.path} is being written by another process (xr0 record?)"
+            ) from None
+        return fd
+
+    def _create(self) -> None:
+        root = zarr.open_group(
+            self.path, mode="w", attributes={**self.spec.to_attrs(), "created_utc": utc_now()}
+        )
+        root.create_group(EPISODES_GROUP)
+
+    def close(self) -> None:
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def next_index(self) -> int:
+        dirs = episode_dirs(self.path)
+        return max(dirs) + 1 if dirs else 0
+
+    def begin_episode(
+        self, attrs: Mapping[str, Any], capacity: int = 1024, index: int | None = None
+    ) -> EpisodeWriter:
+        """Create episode `index` (default: after the last one) with status `recording`."""
+        index = self.next_index if index is None else index
+        if (self.path / EPISODES_GROUP / episode_name(index)).exists():
+            raise StoreError(f"dataset {self.path} already has an episode {index}")
+        meta = {
+            **dict(attrs),
+            "status": RECORDING,
+            "index": index,
+            "fps": self.spec.fps,
+            "robot_type": attrs.get("robot_type", self.spec.robot_type),
+            "start_time_utc": attrs.get("start_time_utc", utc_now()),
+            "flushed_steps": 0,
+        }
+        group = self.root.create_group(f"{EPISODES_GROUP}/{episode_name(index)}", attributes=meta)
+        arrays = {a.key: self._create_array(group, a, max(1, capacity)) for a in self.spec.arrays()}
+        return EpisodeWriter(self, index, group, arrays, max(1, capacity))
+
+    def _create_array(self, group: zarr.Group, a: ArraySpec, capacity: int) -> zarr.Array:
+        if a.image:
+            codec = image_codec(self.spec.image_codec, self.spec.jpeg_quality)
+            return group.create_array(
+                a.key,
+                shape=(capacity, *a.shape),
+                chunks=(1, *a.shape),
+                shards=(self.spec.image_shard_steps, *a.shape),
+                dtype=a.dtype,
+                serializer=codec,
+                compressors=[Crc32cCodec()],
+                fill_value=0,
+                attributes={"unit": a.unit, "description": a.description},
+                config={"write_empty_chunks": True},  # chunk files present = data written (for validate)
+            )
+        steps = self.spec.numeric_chunk_steps
+        itemsize = np.dtype(a.dtype).itemsize
+        return group.create_array(
+            a.key,
+            shape=(capacity, *a.shape),
+            chunks=(steps, *a.shape),
+            dtype=a.dtype,
+            compressors=[
+                BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=itemsize),
+                Crc32cCodec(),
+            ],
+            fill_value=0,
+            attributes={"unit": a.unit, "description": a.description},
+            config={"write_empty_chunks": True},
+        )
+
+    def update_episode(self, index: int, attrs: Mapping[str, Any]) -> None:
+        """Change attributes of a committed episode (e.g. the operator's success mark), atomically."""
+        forbidden = {"status", "length", "flushed_steps", "index"} & set(attrs)
+        if forbidden:
+            raise StoreError(
+                f"episode attributes {sorted(forbidden)} are managed by the store and cannot be set"
+            )
+        group = self.root[f"{EPISODES_GROUP}/{episode_name(index)}"]
+        group.update_attributes({**dict(attrs), "updated_utc": utc_now()})
+        if self.fsync:
+            fsync_file(self.path / EPISODES_GROUP / episode_name(index) / "zarr.json")
+
+    def update_root(self, attrs: Mapping[str, Any]) -> None:
+        """Change store-level attributes (e.g. normalisation stats), atomically."""
+        self.root.update_attributes(dict(attrs))
+
+
+def _status(directory: Path) -> str | None:
+    try:
+        return episode_attrs(directory).get("status")
+    except StoreError:
+        return None
+
+
+async def _write_all(writes: list[tuple[zarr.Array, np.ndarray]], steps: slice) -> None:
+    await asyncio.gather(*(arr.async_array.setitem(steps, data) for arr, data in writes))
+
+
+class EpisodeWriter:
+    """One episode being recorded. Not thread-safe: one thread appends, flushes and commits."""
+
+    def __init__(
+        self, store: StoreWriter, index: int, group: zarr.Group, arrays: dict[str, zarr.Array], capacity: int
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.group = group
+        self.arrays = arrays
+        self.specs = {a.key: a for a in store.spec.arrays()}
+        self.capacity = capacity
+        self.flushed = 0
+        self.pending: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
+        self.n_pending = 0
+        self.closed = False
+        self.flush_seconds_total = 0.0
+
+    @property
+    def length(self) -> int:
+        return self.flushed + self.n_pending
+
+    @property
+    def directory(self) -> Path:
+        return self.store.path / EPISODES_GROUP / episode_name(self.index)
+
+    def append(self, step: Mapping[str, Any]) -> None:
+        """Queue one step in memory; every key of the store's spec is required, nothing else is allowed."""
+        if self.closed:
+            raise StoreError(f"episode {self.index} is already committed or discarded")
+        missing = [k for k in self.specs if k not in step]
+        extra = [k for k in step if k not in self.specs]
+        if missing or extra:
+            raise StoreError(
+                f"step {self.length} of episode {self.index}: "
+                + (f"missing {', '.join(missing)}" if missing else "")
+                + ("; " if missing and extra else "")
+                + (f"unknown {', '.join(extra)}" if extra else "")
+            )
+        converted = {}
+        for key, spec in self.specs.items():
+            value = np.asarray(step[key])
+            if value.shape != spec.shape:
+                raise StoreError(
+                    f"step {self.length} of episode {self.index}: {key} has shape {value.shape}, expected {spec.shape}"
+                )
+            if spec.image and value.dtype != np.uint8:
+                raise StoreError(
+                    f"step {self.length} of episode {self.index}: {key} must be uint8 RGB, got {value.dtype}"
+                )
+            converted[key] = value.astype(spec.dtype, copy=False)
+        for key, value in converted.items():
+            self.pending[key].append(value)
+        self.n_pending += 1
+
+    def flush(self) -> None:
+        """Write the pending steps of every array, then record how many steps are safely on disk."""
+        if self.n_pending == 0 or self.closed:
+            return
+        t0 = time.perf_counter()
+        start, stop = self.flushed, self.flushed + self.n_pending
+        if stop > self.capacity:
+            self.capacity = max(2 * self.capacity, stop)
+            for key, arr in self.arrays.items():
+                arr.resize((self.capacity, *self.specs[key].shape))
+        # All arrays in one go: zarr overlaps their encoding and file writes on its own loop and threads.
+        writes = [(arr, np.stack(self.pending[key])) for key, arr in self.arrays.items()]
+        sync(_write_all(writes, slice(start, stop)))
+        for values in self.pending.values():
+            values.clear()
+        self.n_pending = 0
+        self.flushed = stop
+        self.group.update_attributes({"flushed_steps": stop})
+        self.flush_seconds_total += time.perf_counter() - t0
+
+    def commit(self, attrs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Flush, trim, make durable, then mark the episode committed (the last write). Returns its attributes."""
+        self.flush()
+        n = self.flushed
+        for key, arr in self.arrays.items():
+            arr.resize((n, *self.specs[key].shape))
+        summary = summarize(lambda k: self.arrays[k][:n], self.store.spec, n, self.store.min_rate_fraction)
+        if self.store.fsync:
+            fsync_tree(self.directory)
+        final = {**dict(attrs or {}), **summary, "end_time_utc": utc_now(), "status": COMMITTED}
+        self.group.update_attributes(final)
+        if self.store.fsync:
+            fsync_file(self.directory / "zarr.json")
+        self.closed = True
+        log.debug("episode %d committed: %d steps", self.index, n)
+        return dict(self.group.attrs)
+
+    def discard(self) -> None:
+        """Remove the episode: one rename makes it vanish, then its files are deleted."""
+        if self.closed:
+            return
+        self.closed = True
+        remove_episode_dir(self.directory)
+
+
+def remove_episode_dir(directory: Path) -> None:
+    """Rename an episode folder out of the listing (atomic), then delete it."""
+    trash = directory.with_name(f"{DISCARDED_PREFIX}{directory.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(directory, trash)
+    shutil.rmtree(trash, ignore_errors=True)

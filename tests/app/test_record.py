@@ -1,0 +1,191 @@
+"""`xr0 record`, `xr0 replay` and `xr0 dataset …` on the real simulator and real stores."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from app.compose import build_rig
+from app.config import load_config
+from app.record import RecordPlan, record
+from drivers.errors import DeviceError
+from drivers.joints import JOINT_NAMES
+from recording.integrity import validate
+from recording.reader import EpisodeStore
+
+SMALL = """
+cameras:
+  cam_high: {type: sim, width: 64, height: 48}
+  cam_left_wrist: {type: sim, width: 64, height: 48}
+recording: {fsync: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("cfg") / "config.yaml"
+    p.write_text(SMALL)
+    return p
+
+
+@pytest.fixture(scope="module")
+def recorded(small_config, tmp_path_factory) -> Path:
+    """`xr0 record --robot sim --episodes 2`: two scripted transfer-cube demonstrations."""
+    path = tmp_path_factory.mktemp("rec") / "demo.zarr"
+    argv = [
+        "record",
+        "--config",
+        str(small_config),
+        "--robot",
+        "sim",
+        "--episodes",
+        "2",
+        "--dataset",
+        str(path),
+    ]
+    assert main(argv) == 0
+    return path
+
+
+def test_record_in_sim_writes_successful_episodes_with_the_design_attributes(recorded):
+    store = EpisodeStore(recorded)
+    assert store.episodes == [0, 1] and store.lengths.tolist() == [300, 300]  # 10 s scripted episodes
+    assert store.attrs["robot_type"] == "sim" and store.attrs["joint_names"] == list(JOINT_NAMES)
+    assert store.attrs["cameras"] == {"cam_high": [48, 64, 3], "cam_left_wrist": [48, 64, 3]}
+    assert store.attrs["image_codec"]["name"] == "jpeg" and store.attrs["image_codec"]["jpeg_quality"] == 90
+    for ep, seed in ((0, 0), (1, 1)):
+        info = store.info(ep)
+        assert info["success"] is True and info["success_source"] == "sim"
+        assert info["seed"] == seed and info["sim_task"] == "transfer_cube"
+        assert info["task"] == "transfer the cube to the other arm"
+        assert info["calibration"]["kind"] == "sim" and info["robot_type"] == "sim"
+        assert info["rate_ok"] is True and info["loop_rate_hz"] == pytest.approx(30.0)
+        assert info["interrupted"] is False and info["outcome"] == "done"
+    # Actions are what was sent after safety; the leader's raw command sits beside them with its time.
+    action, leader = store.get(0, "action"), store.get(0, "leader.action")
+    assert (
+        action.shape == (300, 14) and np.abs(action - leader).max() < 0.11
+    )  # the scripted moves stay in limits
+    ts = store.get(0, "timestamp_ns")
+    assert np.all(np.diff(ts) == round(1e9 / 30))  # lockstep: ticks exactly on their deadlines
+    assert np.all(store.get(0, "observation.images.cam_high.t_ns") <= store.get(0, "action.t_ns"))
+    assert store.get(0, "observation.images.cam_high", 150).shape == (48, 64, 3)
+
+
+def test_replay_reproduces_the_recorded_episode_in_sim(recorded, small_config, capsys):
+    assert (
+        main(
+            [
+                "replay",
+                "--config",
+                str(small_config),
+                "--robot",
+                "sim",
+                "--dataset",
+                str(recorded),
+                "--episode",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "300 steps" in out and "result: success (recorded: success)" in out
+    assert "largest joint-state difference to the recording: 0.00e+00" in out
+
+
+def test_dataset_info_validate_stats_view(recorded, small_config, tmp_path, capsys):
+    cfg = ["--config", str(small_config)]
+    assert main(["dataset", "info", str(recorded), "--json", *cfg]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["episodes"] == 2 and info["steps"] == 600 and info["success"] == {"judged": 2, "succeeded": 2}
+    assert info["flagged_low_rate"] == [] and info["bytes_per_minute"] > 0
+    assert main(["dataset", "validate", str(recorded), "--deep", *cfg]) == 0
+    assert "ok: 2 committed episode(s), 600 steps (deep)" in capsys.readouterr().out
+    assert main(["dataset", "stats", str(recorded), *cfg]) == 0
+    assert EpisodeStore(recorded).stats["relative_action"]["shape"] == [30, 14]
+    capsys.readouterr()
+
+    rrd = tmp_path / "view.rrd"
+    assert main(["dataset", "view", str(recorded), "--episode", "1", "--rerun", str(rrd), *cfg]) == 0
+    from rerun.chunk import RrdReader
+
+    rows: dict[str, int] = {}
+    for chunk in RrdReader(rrd).stream().to_chunks():
+        if not chunk.is_static:
+            rows[str(chunk.entity_path)] = rows.get(str(chunk.entity_path), 0) + chunk.num_rows
+    assert rows["/cameras/cam_high"] == 300 and rows["/arms/left/measured"] == 300
+    assert rows["/arms/right/leader"] == 300
+
+
+def test_dataset_commands_on_bad_paths_are_one_sentence(tmp_path, small_config, capsys):
+    (tmp_path / "plain").mkdir()
+    for path, expect in (
+        (tmp_path / "missing.zarr", "does not exist"),
+        (tmp_path / "plain", "not a Zarr store"),
+    ):
+        for sub in ("info", "validate", "repair", "stats"):
+            assert main(["dataset", sub, str(path), "--config", str(small_config)]) == 1
+            err = capsys.readouterr().err.strip()
+            assert expect in err and err.count("\n") == 0, (sub, err)
+    assert main(["record", "--config", str(small_config), "--dataset", str(tmp_path / "plain")]) == 1
+    assert "not a Zarr store" in capsys.readouterr().err
+
+
+def test_record_refuses_to_start_without_disk_space_for_the_plan(tmp_path, small_config, capsys):
+    argv = ["record", "--config", str(small_config), "--dataset", str(tmp_path / "big.zarr")]
+    assert main([*argv, "--episodes", "100000000", "--episode-seconds", "600"]) == 1
+    err = capsys.readouterr().err
+    assert "not enough disk space for the planned episodes" in err and "GB are free" in err
+    assert not (tmp_path / "big.zarr").exists()
+
+
+class Breaker:
+    """A subscriber that breaks the robot at a given tick: a follower arm disconnects (a real DeviceError)."""
+
+    def __init__(self, robot, at_tick: int) -> None:
+        self.robot, self.at_tick, self.ticks = robot, at_tick, 0
+
+    def on_step(self, e) -> None:
+        self.ticks += 1
+        if self.ticks == self.at_tick:
+            self.robot.followers["left"].disconnect()
+
+    def on_episode(self, e) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("on_interrupt", ["commit", "discard"])
+def test_an_error_in_the_loop_commits_or_discards_the_episode_never_half_writes(tmp_path, on_interrupt):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SMALL.replace("{fsync: false}", f"{{fsync: false, on_interrupt: {on_interrupt}}}"))
+    config = load_config(cfg)
+    rig = build_rig(config)
+    plan = RecordPlan(tmp_path / "e.zarr", "t", episodes=3, seconds=10.0, reset_seconds=0.0)
+    with pytest.raises(DeviceError, match="left_follower is not connected"):
+        record(config, plan, extra_subscribers=(Breaker(rig.robot, at_tick=340),), rig=rig)
+    store = EpisodeStore(tmp_path / "e.zarr")
+    assert validate(tmp_path / "e.zarr").ok and store.partial == []
+    assert store.info(0)["length"] == 300 and store.info(0)["interrupted"] is False
+    if on_interrupt == "commit":
+        assert store.episodes == [0, 1]
+        info = store.info(1)
+        assert info["length"] == 40 and info["interrupted"] is True and info["outcome"] == "error"
+    else:
+        assert store.episodes == [0]
+
+
+def test_bench_recorder_prints_its_numbers_as_json_last(tmp_path, small_config, capsys):
+    argv = ["bench", "recorder", "--config", str(small_config), "--seconds", "1", "--ab-seconds", "1", "--block-seconds", "0.25",
+            "--width", "64", "--height", "48", "--frames", "4", "--read-seconds", "0.3", "--dir", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["bench"] == "recorder" and result["sustained"]["dropped_steps"] == 0
+    assert result["throughput"]["x_realtime"] > 0 and result["samples_per_s"] > 0
+    assert min(result["psnr_db"].values()) > 30 and result["bytes_per_minute"] > 0
+    assert list(tmp_path.iterdir()) == []  # the temporary store is removed
