@@ -1,0 +1,242 @@
+"""`XR0Policy`: the XR0 model behind the policy boundary (xr0.boundary, DESIGN.md §6).
+
+It takes the robot's 14-wide observation and committed prefix (absolute, robot units) and returns a chunk
+of 14-wide absolute targets whose first P rows are the prefix. In between (one function each way):
+
+- **layout**: the 14 values go to their places in XR0's 32-wide bimanual layout (the official
+  `compose_state`: left gripper 6, left joints 7–12, right gripper 20, right joints 21–26); the other dims
+  stay 0 in the state and are masked in the actions (the checkpoint's statistics have std 0 there);
+- **relative/absolute**: by default joint actions are relative to the observed state (a − s) and gripper
+  actions absolute; the prefix is re-expressed against the new observation's state on the way in;
+- **normalisation** with the statistics stored in the checkpoint (`(a − mean)/std` in, `a·std + mean` out);
+- **images**: each configured camera becomes one labelled view of the prompt.
+
+`infer` keeps no state between calls; several threads may share one policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xr0.boundary import Chunk, PolicyObservation, PolicySpec
+from xr0.flow import sample_actions
+from xr0.model import XR0Model
+from xr0.processor import STD_ACTIVE, XR0Processor
+
+log = logging.getLogger(__name__)
+
+# The 14-vector order of DESIGN.md §3 (drivers/joints.py): left waist … wrist_rotate, left gripper, then
+# the right arm. Entry k of the 14-vector lives at XR0 index XR0_INDEX[k].
+STATE_DIM = 14
+XR0_INDEX: tuple[int, ...] = (7, 8, 9, 10, 11, 12, 6, 21, 22, 23, 24, 25, 26, 20)
+# Joints relative to the observation, grippers absolute (the openpi/ALOHA convention).
+RELATIVE_JOINTS: tuple[bool, ...] = (True,) * 6 + (False,) + (True,) * 6 + (False,)
+# Camera name → the view label the prompt uses ([PT] data format: Ego, Left-Wrist, Right-Wrist).
+VIEW_LABELS: dict[str, str] = {
+    "cam_high": "Ego View",
+    "cam_left_wrist": "Left-Wrist View",
+    "cam_right_wrist": "Right-Wrist View",
+    "cam_low": "Low View",
+}
+
+
+@dataclass(frozen=True)
+class XR0PolicyConfig:
+    # Key of the checkpoint's action statistics (`action_config`) for this robot.
+    robot_type: str = "aloha"
+    # Cameras the policy reads, in prompt order (one to four of VIEW_LABELS).
+    cameras: tuple[str, ...] = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+    # Per entry of the 14-vector: True = the model predicts a − state (joints), False = absolute (grippers).
+    # Must match how the checkpoint was trained.
+    relative: tuple[bool, ...] = field(default=RELATIVE_JOINTS)
+    # Euler steps per chunk; None uses the checkpoint's num_steps (5).
+    num_steps: int | None = None
+    # Noise seed; None derives one from the observation (state, prefix, instruction, time), so the same
+    # observation gives the same chunk, like the official eval clients' input hash.
+    seed: int | None = None
+    # Control rate the actions are spaced for (Hz).
+    fps: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.cameras) <= len(VIEW_LABELS):
+            raise ValueError(
+                f"cameras: one to {len(VIEW_LABELS)} cameras are needed, got {len(self.cameras)}"
+            )
+        for cam in self.cameras:
+            if cam not in VIEW_LABELS:
+                raise ValueError(
+                    f"cameras: unknown camera {cam!r}; known cameras are {', '.join(VIEW_LABELS)}"
+                )
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras: {self.cameras} lists a camera twice")
+        if len(self.relative) != STATE_DIM:
+            raise ValueError(f"relative must have {STATE_DIM} entries, got {len(self.relative)}")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+
+
+def to_xr0(values: np.ndarray, width: int = 32) -> np.ndarray:
+    """(..., 14) robot vectors → (..., 32) XR0 layout, zeros elsewhere."""
+    out = np.zeros((*values.shape[:-1], width), dtype=np.float64)
+    out[..., list(XR0_INDEX)] = values
+    return out
+
+
+def from_xr0(values: np.ndarray) -> np.ndarray:
+    """(..., 32) XR0 layout → (..., 14) robot vectors."""
+    return values[..., list(XR0_INDEX)]
+
+
+def robot_to_model_actions(actions: np.ndarray, state: np.ndarray, relative: np.ndarray) -> np.ndarray:
+    """(…, T, 14) absolute robot actions and the (…, 14) state at the window start → (…, T, 32) model targets
+    (relative dims as a − state), before normalisation. Training and inference share this pair."""
+    return to_xr0(actions - relative * state[..., None, :])
+
+
+def model_to_robot_actions(actions: np.ndarray, state: np.ndarray, relative: np.ndarray) -> np.ndarray:
+    """The inverse: (…, T, 32) de-normalised model actions → (…, T, 14) absolute robot actions."""
+    return from_xr0(actions) + relative * state[..., None, :]
+
+
+def observation_seed(observation: PolicyObservation, prefix: np.ndarray) -> int:
+    """SHA-256 of the state, prefix, instruction and capture time, mod 2³²."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(observation.state, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(prefix, dtype=np.float64).tobytes())
+    h.update(observation.instruction.encode())
+    h.update(int(observation.t_ns).to_bytes(16, "little", signed=True))
+    return int.from_bytes(h.digest()[:8], "little") % 2**32
+
+
+class XR0Policy:
+    def __init__(self, model: XR0Model, processor: XR0Processor, config: XR0PolicyConfig | None = None):
+        self.model = model.eval()
+        self.processor = processor
+        self.config = config = config or XR0PolicyConfig()
+        rt = config.robot_type
+        if rt not in processor.list_robot_types():
+            raise ValueError(
+                f"the checkpoint has no action statistics for robot type {rt!r} "
+                f"(it has: {', '.join(processor.list_robot_types()) or 'none'}); fine-tune it on this robot's data"
+            )
+        self.action_mask = processor.get_action_mask(rt).to(model.device)  # (1, T, 32)
+        active = self.action_mask[0, 0, list(XR0_INDEX)] > 0
+        if not bool(active.all()):
+            missing = [k for k in range(STATE_DIM) if not active[k]]
+            raise ValueError(
+                f"the checkpoint's statistics for {rt!r} mask robot dims {missing} (std ≤ {STD_ACTIVE}); "
+                "it was not trained for this 14-wide bimanual layout"
+            )
+        T = self.action_mask.shape[1]
+        self.relative = np.asarray(config.relative, dtype=bool)
+        self.spec = PolicySpec(
+            cameras=tuple(config.cameras),
+            chunk_length=T,
+            max_prefix=min(model.config.max_prefix, T - 1),
+            state_dim=STATE_DIM,
+            fps=config.fps,
+            robot_type=rt,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        config: XR0PolicyConfig | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        local_files_only: bool = False,
+    ) -> XR0Policy:
+        """Load a checkpoint directory (or a Hub id you chose). On CUDA, bf16 and flash-attention-2 for the
+        VLM when it is installed; SDPA otherwise."""
+        from xr0.checkpoint import load_checkpoint
+
+        attn = "sdpa"
+        if torch.device(device).type == "cuda":
+            dtype = dtype or torch.bfloat16
+            try:
+                import flash_attn  # noqa: F401
+
+                attn = "flash_attention_2"
+            except ImportError:
+                log.info("flash-attn is not installed; the VLM uses PyTorch SDPA")
+        model, processor = load_checkpoint(
+            checkpoint,
+            device=device,
+            dtype=dtype,
+            attn_implementation=attn,
+            local_files_only=local_files_only,
+        )
+        return cls(model, processor, config)
+
+    # -- the boundary ----------------------------------------------------------------------------------------
+    def _check(self, observation: PolicyObservation, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        state = np.asarray(observation.state, dtype=np.float64)
+        if state.shape != (STATE_DIM,) or not np.isfinite(state).all():
+            raise ValueError(f"observation.state must be {STATE_DIM} finite numbers, got shape {state.shape}")
+        prefix = np.asarray(prefix, dtype=np.float64)
+        if prefix.size == 0:
+            prefix = np.zeros((0, STATE_DIM))
+        elif prefix.ndim != 2 or prefix.shape[1] != STATE_DIM:
+            raise ValueError(f"prefix must have shape (P, {STATE_DIM}), got {prefix.shape}")
+        if prefix.shape[0] > self.spec.max_prefix:
+            raise ValueError(
+                f"prefix has {prefix.shape[0]} rows; this checkpoint takes at most {self.spec.max_prefix}"
+            )
+        if not np.isfinite(prefix).all():
+            raise ValueError("prefix has non-finite values")
+        for cam in self.spec.cameras:
+            if cam not in observation.images:
+                raise ValueError(
+                    f"observation has no image from camera {cam!r} (it has: {', '.join(observation.images)})"
+                )
+        return state, prefix
+
+    def infer(self, observation: PolicyObservation, prefix: np.ndarray) -> Chunk:
+        t0 = time.perf_counter()
+        state, prefix = self._check(observation, prefix)
+        model, proc, rt = self.model, self.processor, self.config.robot_type
+        device, dtype = model.device, model.dtype
+        P = prefix.shape[0]
+        seed = self.config.seed if self.config.seed is not None else observation_seed(observation, prefix)
+
+        views = [(VIEW_LABELS[cam], observation.images[cam]) for cam in self.spec.cameras]
+        inputs = {k: v.to(device) for k, v in proc.encode(observation.instruction, views).items()}
+        state32 = torch.as_tensor(to_xr0(state), dtype=dtype, device=device)[None, None]  # (1, 1, 32) raw
+        prefix_norm = None
+        if P:
+            # relative dims re-expressed against the new observation's state
+            prefix32 = robot_to_model_actions(prefix, state, self.relative)[None]  # (1, P, 32)
+            prefix_norm = proc.normalize_action(torch.as_tensor(prefix32, device=device), rt)
+        t1 = _sync(device)
+        with torch.inference_mode():
+            ctx = model.encode(inputs)
+            t2 = _sync(device)
+            x = sample_actions(
+                model, ctx, state32, self.action_mask, prefix_norm, seed=seed, num_steps=self.config.num_steps
+            )
+            t3 = _sync(device)
+        decoded = proc.decode_action(x, rt)[0].cpu().double().numpy()  # (T, 32) robot units
+        actions = model_to_robot_actions(decoded, state, self.relative)  # (T, 14) absolute
+        actions[:P] = prefix  # the model kept them fixed; copy them so they are bit-identical
+        t4 = time.perf_counter()
+        timing = {
+            "preprocess": (t1 - t0) * 1e3,
+            "vlm": (t2 - t1) * 1e3,
+            "dit": (t3 - t2) * 1e3,
+            "total": (t4 - t0) * 1e3,
+        }
+        return Chunk(actions=actions, timing_ms=timing)
+
+
+def _sync(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
