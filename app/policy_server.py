@@ -1,0 +1,264 @@
+"""`xr0 serve`: a policy behind a WebSocket, for rollouts driven from another machine (a GPU box).
+
+    xr0 serve --policy PATH --host 127.0.0.1 --port 8765 [--token SECRET]
+
+On connect the server sends a versioned hello with the policy's spec (cameras, chunk length, maximum
+prefix, fps, robot type); then each binary frame is an `infer` request answered by a `chunk` with the
+server's own timings, or by an `error` sentence (app/wire.py). A malformed, hostile or oversized message
+gets its error reply (an oversized frame: close code 1009 before it is read) and never disturbs the other
+clients; requests are answered one at a time by one inference thread. `GET /healthz` answers `ok`.
+With a token (`--token`, or the environment variable XR0_POLICY_TOKEN) the WebSocket handshake must carry
+`Authorization: Bearer TOKEN`, else it is refused with 401. The default address is loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import numpy as np
+
+from app.wire import (
+    PROTOCOL,
+    VERSION,
+    WireError,
+    decode_request,
+    encode_array,
+    encode_spec,
+    error_message,
+    pack,
+    unpack,
+)
+from xr0.boundary import Policy
+
+log = logging.getLogger(__name__)
+TOKEN_ENV = "XR0_POLICY_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # Address `xr0 serve` binds: 127.0.0.1 accepts this machine only; 0.0.0.0 opens it to the network
+    # (then set a token).
+    host: str = "127.0.0.1"
+    # TCP port of `xr0 serve`.
+    port: int = 8765
+    # Largest request accepted, MiB (three 320×240 JPEG views are ~0.1 MiB); a larger frame closes the
+    # connection with code 1009.
+    max_request_mb: float = 16.0
+    # JPEG quality of the camera images the client sends (0: raw, lossless, ~10× the bytes).
+    jpeg_quality: int = 90
+    # Client: seconds to wait for an answer before the request counts as failed (the connection is redone).
+    timeout_s: float = 10.0
+    # Client: seconds between attempts to reconnect to a server that went away.
+    reconnect_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"server.port must be 0..65535, got {self.port}")
+        if not 0.01 <= self.max_request_mb <= 1024:
+            raise ValueError(f"server.max_request_mb must be in [0.01, 1024] MiB, got {self.max_request_mb}")
+        if not 0 <= self.jpeg_quality <= 100:
+            raise ValueError(f"server.jpeg_quality must be 0 (raw) or 1..100, got {self.jpeg_quality}")
+        if not self.timeout_s > 0 or not self.reconnect_s > 0:
+            raise ValueError("server.timeout_s and server.reconnect_s must be > 0 s")
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 1024 * 1024)
+
+
+class PolicyServer:
+    """Serves one policy to any number of clients; `start()` runs it in a background thread (tests,
+    in-process use), `serve_forever()` in the calling thread."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        token: str | None = None,
+        max_request_bytes: int = 16 << 20,
+    ) -> None:
+        self.policy = policy
+        self.host = host
+        self.port = port
+        self.token = token or None
+        self.max_request_bytes = max_request_bytes
+        self.served = 0  # requests answered with a chunk
+        self.rejected = 0  # messages answered with an error
+        self.connections = 0
+        self._hello = pack(
+            {"type": "hello", "protocol": PROTOCOL, "version": VERSION, "spec": encode_spec(policy.spec)}
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        asyncio.run(self._main())
+
+    def start(self, timeout_s: float = 10.0) -> int:
+        """Serve from a background thread; returns the bound port (useful with port 0)."""
+        self._thread = threading.Thread(target=self._thread_main, name="policy-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"the policy server did not start within {timeout_s} s")
+        if self._failure is not None:
+            raise self._failure
+        return self.port
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # noqa: BLE001 - reported to start()
+            self._failure = e
+            self._ready.set()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    async def _main(self) -> None:
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            max_size=self.max_request_bytes,
+            compression=None,  # images are JPEG already; deflate would only cost CPU
+        ) as server:
+            self.port = next(iter(server.sockets)).getsockname()[1]
+            log.info(
+                "serving the policy on %s (health: http://%s:%d/healthz)", self.url, self.host, self.port
+            )
+            self._ready.set()
+            await self._stop.wait()
+
+    # -- HTTP: health and authentication -------------------------------------------------------------------
+    def _process_request(self, connection, request):
+        if request.path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if self.token is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                self.rejected += 1
+                log.warning("refused a client with a missing or wrong token")
+                return connection.respond(
+                    HTTPStatus.UNAUTHORIZED, "a valid token is required (Authorization: Bearer TOKEN)\n"
+                )
+        return None
+
+    # -- WebSocket ---------------------------------------------------------------------------------------------
+    async def _handle(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        self.connections += 1
+        peer = ws.remote_address
+        log.info("client %s connected", peer)
+        loop = asyncio.get_running_loop()
+        try:
+            await ws.send(self._hello)
+            async for message in ws:
+                reply = await loop.run_in_executor(self._executor, self._answer, message, peer)
+                await ws.send(reply)
+        except ConnectionClosed as e:
+            if e.rcvd is not None and e.rcvd.code == 1009 or (e.sent is not None and e.sent.code == 1009):
+                self.rejected += 1
+                log.warning(
+                    "client %s sent a frame over %d bytes; connection closed", peer, self.max_request_bytes
+                )
+        finally:
+            log.info("client %s disconnected", peer)
+
+    def _answer(self, data: bytes | str, peer: object) -> bytes:
+        """Decode, infer, encode — on the inference thread, so a slow decode never stalls other clients."""
+        t0 = time.perf_counter()
+        request_id = None
+        try:
+            message = unpack(data, self.max_request_bytes)
+            if message["type"] != "infer":
+                raise WireError(f"unknown message type {message['type']!r}; the server answers 'infer'")
+            request_id, observation, prefix = decode_request(message, self.policy.spec)
+        except WireError as e:
+            self.rejected += 1
+            log.warning("rejected a message from %s: %s", peer, e)
+            return error_message(str(e), request_id)
+        t1 = time.perf_counter()
+        try:
+            chunk = self.policy.infer(observation, prefix)
+            actions = np.asarray(chunk.actions, dtype=np.float64)
+        except Exception as e:  # noqa: BLE001 - the client gets the sentence, the server keeps serving
+            log.exception("the policy failed on request %s", request_id)
+            return error_message(f"the policy failed: {type(e).__name__}: {e}", request_id)
+        t2 = time.perf_counter()
+        timing = {f"policy_{k}": float(v) for k, v in chunk.timing_ms.items()}
+        timing.update(server_decode=(t1 - t0) * 1e3, server_infer=(t2 - t1) * 1e3)
+        reply = {"type": "chunk", "id": request_id, "actions": encode_array(actions), "timing_ms": timing}
+        timing["server_total"] = (time.perf_counter() - t0) * 1e3
+        self.served += 1
+        return pack(reply)
+
+
+# -- command line: `xr0 serve` ---------------------------------------------------------------------------------
+def add_arguments(p) -> None:
+    p.add_argument("--policy", default=None, help="checkpoint directory, or hold (default: policy.source)")
+    p.add_argument("--host", default=None, help="address to bind (default: policy.server.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: policy.server.port)")
+    p.add_argument("--token", default=None, help=f"shared secret clients must send (or set {TOKEN_ENV})")
+
+
+def run(args, config) -> int:
+    from app.errors import CliError
+    from app.policies import open_policy
+
+    server_cfg = config.policy.server
+    source = args.policy or config.policy.source
+    if source.startswith(("ws://", "wss://")):
+        raise CliError(f"--policy {source}: xr0 serve serves a local policy, not another server")
+    if source == "scripted":
+        raise CliError(
+            "--policy scripted cannot be served: the demonstrator needs the simulator's world; "
+            "serve a checkpoint, or hold"
+        )
+    policy = open_policy(source, config, rig=None)
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    host = args.host or server_cfg.host
+    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        log.warning("serving on %s without a token: anyone who can reach this port can drive the robot", host)
+    server = PolicyServer(
+        policy, host, server_cfg.port if args.port is None else args.port, token, server_cfg.max_request_bytes
+    )
+    spec = policy.spec
+    print(
+        f"xr0 serve: {source} (chunk {spec.chunk_length}, max prefix {spec.max_prefix}, cameras "
+        f"{', '.join(spec.cameras) or 'none'}) on ws://{host}:{server.port}; Ctrl-C stops"
+    )
+    try:
+        server.serve_forever()
+    except OSError as e:
+        raise CliError(f"could not listen on {host}:{server.port}: {e}") from e
+    finally:
+        print(f"xr0 serve: {server.served} requests answered, {server.rejected} rejected")
+    return 0

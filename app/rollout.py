@@ -1,0 +1,492 @@
+"""`xr0 rollout`: run a policy on the robot at 30 Hz for a long session, episode after episode.
+
+    xr0 rollout --policy scripted|hold|ws://HOST:PORT|CHECKPOINT --mode async|sync|async-naive
+                --duration 30m --task "…" --robot sim|aloha [--rerun …] [--summary FILE.json]
+
+In the simulator each episode ends by itself — success when the task is done, failure after
+`policy.episode_seconds` — and the world resets with the next seed. On hardware the operator marks
+success or failure with a key (the policy keeps going). Keys (a terminal only):
+
+    s  success     f  failure     p  pause / resume (the arms hold)     e  SPACE  e-stop     q  Esc  quit
+
+A live status line shows tasks, throughput, latency, late chunks, starvations and clamps; at the end a
+summary (also `--summary FILE.json`) reports throughput overall and per minute, success rate, inference
+latency, the delay distribution, late chunks, starvations, clamps, loop lateness and the longest stall.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import select
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from app.compose import Rig
+from app.config import AppConfig
+from app.errors import CliError, NotBuilt
+from app.events import EpisodeEvent, Publisher
+from app.runner import PolicyRunner
+from app.viz import summary_png
+from drivers.clock import Rate
+
+log = logging.getLogger(__name__)
+KEYS = {"s": "success", "f": "failure", "p": "pause", "e": "estop", " ": "estop", "q": "quit", "\x1b": "quit"}
+HELP = "keys: s success · f failure · p pause/resume · e/SPACE e-stop · q/Esc quit"
+
+
+@dataclass
+class EpisodeOutcome:
+    index: int
+    start_tick: int
+    end_tick: int
+    seed: int | None = None
+    success: bool | None = None  # None: not judged (cut short by the end of the rollout)
+    reason: str = ""  # success | timeout | operator | end of rollout | e-stop
+
+
+@dataclass
+class RolloutReport:
+    mode: str
+    policy: str
+    robot: str
+    episodes: list[EpisodeOutcome] = field(default_factory=list)
+    ticks: int = 0  # control ticks the rollout spanned
+    control_s: float = 0.0  # control time (simulated time in lockstep)
+    wall_s: float = 0.0
+    stopped_by: str = "duration"  # duration | quit | e-stop | interrupted
+    tasks: int = 0
+    tasks_per_min: float = 0.0
+    tasks_per_minute_bucket: list[int] = field(default_factory=list)
+    success_rate: float | None = None
+    inference_ms: dict[str, float] = field(default_factory=dict)
+    delay_ticks: dict[int, int] = field(default_factory=dict)  # realised delay -> chunks
+    chunks: dict[str, int] = field(default_factory=dict)  # scheduler counters
+    runner: dict[str, float] = field(default_factory=dict)  # starvations, stalls, rejects, …
+    safety: dict[str, int] = field(default_factory=dict)
+    lateness_ms: dict[str, float] = field(default_factory=dict)
+    latency_samples_ms: list[float] = field(default_factory=list)  # every chunk's inference time
+
+    def success_times_s(self, fps: float) -> list[float]:
+        """Control time (s) at which each successful episode ended — the throughput events."""
+        return [e.end_tick / fps for e in self.episodes if e.success]
+
+
+def _percentiles(values: list[float], scale: float = 1.0) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values, dtype=np.float64) * scale
+    return {
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "max": round(float(a.max()), 3),
+    }
+
+
+class RolloutSession:
+    """Episodes of a policy on a rig: judging (sim: automatic; keys: the operator), resets, the summary."""
+
+    def __init__(
+        self,
+        rig: Rig,
+        runner: PolicyRunner,
+        fps: float,
+        publisher: Publisher,
+        episode_seconds: float | None = None,
+        pacer=Rate,
+    ) -> None:
+        self.rig = rig
+        self.runner = runner
+        self.fps = fps
+        self.publisher = publisher
+        self.episode_ticks = None if episode_seconds is None else max(1, round(episode_seconds * fps))
+        self.pacer = pacer
+        self.episodes: list[EpisodeOutcome] = []
+        self.stopped_by = "duration"
+        self._commands: list[str] = []
+        self._lock = threading.Lock()
+        self._current: EpisodeOutcome | None = None
+        self._success_ticks: list[int] = []
+
+    # -- operator commands (any thread) -----------------------------------------------------------------------
+    def press(self, command: str) -> None:
+        if command == "estop":
+            self.runner.estop()  # at once: the next tick holds, whatever the loop is doing
+        elif command == "pause":
+            self.runner.resume() if self.runner.paused else self.runner.pause()
+        else:
+            with self._lock:
+                self._commands.append(command)
+
+    def _take_commands(self) -> list[str]:
+        with self._lock:
+            out, self._commands = self._commands, []
+        return out
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def run(self, duration_s: float) -> RolloutReport:
+        rig, runner = self.rig, self.runner
+        total_ticks = max(1, round(duration_s * self.fps))
+        wall0 = time.perf_counter()
+        last_tick = -1
+        with rig.robot, runner:
+            self._begin(0, 0)
+            rate = self.pacer(rig.clock, self.fps)
+            try:
+                while True:
+                    tick = rate.wait()
+                    if tick.index >= total_ticks:
+                        break
+                    last_tick = tick.index
+                    runner.step(tick)
+                    if runner.estopped:
+                        self.stopped_by = "e-stop"
+                        break
+                    verdict, quit_ = self._verdict(tick.index)
+                    if verdict is not None:
+                        self._end(tick.index, *verdict)
+                        self._begin(len(self.episodes), tick.index + 1)
+                    if quit_:
+                        self.stopped_by = "quit"
+                        break
+            except KeyboardInterrupt:
+                self.stopped_by = "interrupted"
+            finally:
+                reason = {"duration": "end of rollout"}.get(self.stopped_by, self.stopped_by)
+                self._end(max(last_tick, 0), None, reason)
+        return self._report(last_tick + 1, time.perf_counter() - wall0)
+
+    def _begin(self, index: int, tick: int) -> None:
+        rig = self.rig
+        seed = None
+        if rig.sim is not None:
+            self.runner.restart(index)  # no inference may overlap the world's reset
+            rig.sim.reset(None if index else rig.sim.seed)
+            seed = rig.sim.seed
+            if rig.teleop is not None:
+                rig.teleop.reset()
+            rig.robot.rebase()
+        else:
+            self.runner.episode = index  # hardware: an episode boundary; the policy goes on
+        self._current = EpisodeOutcome(index, tick, tick, seed)
+        self.publisher.episode(EpisodeEvent(index, "start", rig.clock.now_ns(), seed=seed))
+
+    def _end(self, tick: int, success: bool | None, reason: str) -> None:
+        ep = self._current
+        if ep is None:
+            return
+        ep.end_tick, ep.success, ep.reason = tick, success, reason
+        if success:
+            self._success_ticks.append(tick)
+        self.episodes.append(ep)
+        self._current = None
+        info = {"reason": reason}
+        self.publisher.episode(
+            EpisodeEvent(ep.index, "end", self.rig.clock.now_ns(), success=success, seed=ep.seed, info=info)
+        )
+        log.info("episode %d: %s after %d ticks", ep.index, reason, ep.end_tick - ep.start_tick + 1)
+
+    def _verdict(self, k: int) -> tuple[tuple[bool, str] | None, bool]:
+        """((success, reason) if the episode ends at tick k, quit?)."""
+        verdict, quit_ = None, False
+        for command in self._take_commands():
+            if command == "success":
+                verdict = (True, "operator")
+            elif command == "failure":
+                verdict = (False, "operator")
+            elif command == "quit":
+                quit_ = True
+        sim = self.rig.sim
+        if verdict is None and sim is not None and sim.is_success():
+            verdict = (True, "success")
+        ep = self._current
+        if (
+            verdict is None
+            and sim is not None
+            and self.episode_ticks
+            and k - ep.start_tick + 1 >= self.episode_ticks
+        ):
+            verdict = (False, "timeout")
+        return verdict, quit_
+
+    # -- the summary ---------------------------------------------------------------------------------------------
+    def _report(self, ticks: int, wall_s: float) -> RolloutReport:
+        runner, st = self.runner, self.runner.stats
+        dt = 1.0 / self.fps
+        control_s = ticks * dt
+        minutes = max(1, int(np.ceil(control_s / 60.0)))
+        buckets = [0] * minutes
+        for k in self._success_ticks:
+            buckets[min(minutes - 1, int(k * dt // 60))] += 1
+        judged = [e.success for e in self.episodes if e.success is not None]
+        safety = runner.robot.safety.counters.as_dict() if runner.robot.safety else {}
+        stats = {
+            "executed_ticks": st.executed,
+            "waiting_ticks": st.waiting_ticks,
+            "starvations": st.starvations,
+            "starved_ticks": st.starved_ticks,
+            "paused_ticks": st.paused_ticks,
+            "longest_stall_ticks": st.longest_stall_ticks,
+            "longest_stall_ms": round(st.longest_stall_ticks * dt * 1e3, 1),
+            "stale_ticks": st.stale_ticks,
+            "skipped_ticks": st.skipped_ticks,
+            "observe_errors": st.observe_errors,
+            "inference_errors": st.inference_errors,
+            "rejected_chunks": st.rejected_chunks,
+            "prefix_mismatches": st.prefix_mismatches,
+            "max_step_rad": round(st.max_step, 4),
+            "max_switch_jump_rad": round(max(st.switch_jumps, default=0.0), 4),
+            "p99_step_rad": round(float(np.percentile(st.steps, 99)), 4) if st.steps else 0.0,
+        }
+        return RolloutReport(
+            mode=runner.scheduler.mode,
+            policy=type(runner.policy).__name__,
+            robot="sim" if self.rig.sim is not None else "aloha",
+            episodes=self.episodes,
+            ticks=ticks,
+            control_s=round(control_s, 3),
+            wall_s=round(wall_s, 3),
+            stopped_by=self.stopped_by,
+            tasks=len(self._success_ticks),
+            tasks_per_min=round(len(self._success_ticks) / (control_s / 60.0), 3) if control_s else 0.0,
+            tasks_per_minute_bucket=buckets,
+            success_rate=round(sum(judged) / len(judged), 3) if judged else None,
+            inference_ms=_percentiles(st.inference_ms),
+            delay_ticks=dict(sorted(Counter(st.delay_ticks).items())),
+            chunks=runner.scheduler.counters.as_dict(),
+            runner=stats,
+            safety=safety,
+            lateness_ms=_percentiles(st.lateness_ns, 1e-6),
+        )
+
+
+def status_text(session: RolloutSession) -> str:
+    runner, st = session.runner, session.runner.stats
+    k = st.ticks
+    minutes = k / session.fps / 60.0
+    tasks = len(session._success_ticks)
+    rate = tasks / minutes if minutes > 0 else 0.0
+    lat = st.inference_ms[-50:]
+    late = runner.scheduler.counters.late + runner.scheduler.counters.late_discarded
+    clamps = 0
+    if runner.robot.safety is not None:
+        c = runner.robot.safety.counters
+        clamps = c.clamped_limit + c.clamped_delta
+    state = "E-STOP" if runner.estopped else ("paused" if runner.paused else "running")
+    lat_text = f"{np.percentile(lat, 50):.0f} ms" if lat else "—"
+    return (
+        f"[{int(minutes):02d}:{int(minutes * 60) % 60:02d}] {state} · tasks {tasks} ({rate:.2f}/min) · "
+        f"latency p50 {lat_text} · late {late} · starved {st.starvations} · clamps {clamps}"
+    )
+
+
+# -- keys and the status line ---------------------------------------------------------------------------------
+class Terminal:
+    """Single keys from a TTY (cbreak mode, on a thread) and a status line redrawn on stderr; a no-op
+    when stdin/stderr are not terminals (tests, pipes)."""
+
+    def __init__(self, session: RolloutSession, period_s: float = 0.5) -> None:
+        self.session = session
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._saved = None
+        self._fd = None
+
+    def __enter__(self) -> Terminal:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            fd = sys.stdin.fileno()
+            if os.isatty(fd):
+                import termios
+                import tty
+
+                self._fd, self._saved = fd, termios.tcgetattr(fd)
+                tty.setcbreak(fd)
+                self._threads.append(threading.Thread(target=self._keys, name="rollout-keys", daemon=True))
+        if sys.stderr.isatty():
+            self._threads.append(threading.Thread(target=self._status, name="rollout-status", daemon=True))
+        for t in self._threads:
+            t.start()
+        if self._fd is not None:
+            print(HELP, flush=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=1.0)
+        if self._saved is not None:
+            import termios
+
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+
+    def _keys(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._fd], [], [], 0.1)
+                data = os.read(self._fd, 64).decode(errors="ignore") if ready else ""
+            except OSError:
+                return
+            if data.startswith("\x1b") and len(data) > 1:
+                continue  # arrow keys and other escape sequences: not ours
+            for ch in data:
+                command = KEYS.get(ch.lower())
+                if command is not None:
+                    self.session.press(command)
+
+    def _status(self) -> None:
+        while not self._stop.wait(self.period_s):
+            sys.stderr.write("\r" + status_text(self.session) + "\033[K")
+            sys.stderr.flush()
+
+
+# -- command line: `xr0 rollout` -----------------------------------------------------------------------------------
+def parse_duration(text: str) -> float:
+    """`30m`, `90s`, `1h`, `1h30m` or plain seconds -> seconds."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", t)
+    if not parts or "".join(n + u for n, u in parts) != t.replace(" ", ""):
+        raise CliError(f"--duration {text!r}: use e.g. 30m, 90s, 1h30m or a number of seconds")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def add_arguments(p) -> None:
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="scripted | hold | ws://HOST:PORT | CHECKPOINT (default: policy.source)",
+    )
+    p.add_argument(
+        "--mode", choices=("async", "sync", "async-naive"), default=None, help="default: policy.mode"
+    )
+    p.add_argument("--duration", default="30m", help="how long to run: 30m, 90s, 1h (control time)")
+    p.add_argument(
+        "--task", default=None, help="the instruction given to the policy (default: policy.instruction)"
+    )
+    p.add_argument("--record", default=None, metavar="DATASET.zarr", help="store the rollout as episodes")
+    p.add_argument("--rerun", default=None, help="off | spawn | web[:PORT] | FILE.rrd (default: viz.rerun)")
+    p.add_argument("--summary", default=None, metavar="FILE.json", help="also write the summary as JSON")
+
+
+def run_rollout(
+    config: AppConfig, source: str, duration_s: float, rerun: str = "off", instruction: str | None = None
+):
+    """Compose rig, policy, runner and subscribers from config; run; always shut down cleanly."""
+    from app.compose import build_rig
+    from app.policies import open_policy
+    from app.viz import RerunLogger, Sink, resolve_sink
+
+    try:
+        sink = Sink.parse(rerun)
+        if sink.path is not None and not sink.path.is_absolute():
+            sink = replace(sink, path=Path.cwd() / sink.path)
+        sink, note = resolve_sink(sink, fallback_file=Path.cwd() / "runs" / "rollout" / "rollout.rrd")
+    except ValueError as e:  # VizError is a ValueError
+        raise CliError(str(e)) from e
+    if note:
+        log.warning("%s", note)
+    rig = build_rig(config)
+    publisher = Publisher()
+    policy = None
+    try:
+        policy = open_policy(source, config, rig)
+        if hasattr(policy, "on_step"):  # the scripted policy follows the task's progress from step events
+            publisher.subscribers.append(policy)
+        if sink.kind != "off":
+            publisher.subscribers.append(
+                RerunLogger(sink, config.viz, cameras=list(rig.robot.cameras), with_chunks=True)
+            )
+        runner = PolicyRunner(
+            rig.robot, rig.clock, policy, config.policy, config.control.fps, publisher, instruction
+        )
+        episode_s = config.policy.episode_seconds if rig.sim is not None else None
+        session = RolloutSession(rig, runner, config.control.fps, publisher, episode_s)
+        with Terminal(session):
+            report = session.run(duration_s)
+    finally:
+        publisher.close()
+        if policy is not None and hasattr(policy, "close"):
+            policy.close()
+        rig.close()
+    report.policy = source
+    report.latency_samples_ms = [round(float(x), 3) for x in runner.stats.inference_ms]
+    return report, sink
+
+
+def print_summary(r: RolloutReport) -> None:
+    print(f"rollout: {r.policy} in {r.mode} mode on {r.robot}, stopped by {r.stopped_by}")
+    print(f"  {r.ticks} ticks = {r.control_s / 60:.2f} min of control time ({r.wall_s:.1f} s wall)")
+    rate = f"{r.success_rate:.0%}" if r.success_rate is not None else "—"
+    print(
+        f"  tasks completed: {r.tasks} ({r.tasks_per_min:.2f}/min); per minute: {r.tasks_per_minute_bucket}"
+    )
+    print(f"  success rate: {rate} of {sum(e.success is not None for e in r.episodes)} judged episodes")
+    if r.inference_ms:
+        print(f"  inference latency p50 {r.inference_ms['p50']:.1f} ms, p99 {r.inference_ms['p99']:.1f} ms")
+    print(f"  delay (ticks: chunks): {r.delay_ticks}")
+    c, s = r.chunks, r.runner
+    print(
+        f"  chunks: {c['requests']} requested, {c['on_time']} on time, {c['late']} late, "
+        f"{c['late_discarded']} late+discarded, {c['expired']} expired, {c['failed']} failed "
+        f"({s['inference_errors']} errors, {s['rejected_chunks']} rejected)"
+    )
+    print(
+        f"  starvations: {s['starvations']} ({s['starved_ticks']} ticks); longest stall {s['longest_stall_ms']:.0f} ms; "
+        f"largest step {s['max_step_rad']:.3f} rad, at a switch {s['max_switch_jump_rad']:.3f} rad"
+    )
+    print(f"  safety: {r.safety}")
+    if r.lateness_ms:
+        lat = r.lateness_ms
+        print(
+            f"  loop lateness p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms; "
+            f"skipped ticks {s['skipped_ticks']}"
+        )
+
+
+def run(args, config: AppConfig) -> int:
+    if args.record:
+        raise NotBuilt(
+            "xr0 rollout --record is not available yet: it needs the recorder wired to the runner; "
+            "run without --record"
+        )
+    if args.mode:
+        config = replace(config, policy=replace(config.policy, mode=args.mode))
+    duration_s = parse_duration(args.duration)
+    source = args.policy or config.policy.source
+    rerun = args.rerun if args.rerun is not None else config.viz.rerun
+    report, sink = run_rollout(config, source, duration_s, rerun, args.task)
+    print_summary(report)
+    if sink.path is not None:
+        print(f"  Rerun recording: {sink.path}")
+    if args.summary:
+        path = Path(args.summary)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(report), indent=2))
+        print(f"  summary: {path}")
+    png = summary_plot_path(args.summary, sink)
+    summary_png(png, report.control_s, report.success_times_s(config.control.fps), report.latency_samples_ms)
+    print(f"  summary plot: {png}")
+    return 0
+
+
+def summary_plot_path(summary: str | None, sink) -> Path:
+    """The end-of-rollout plot goes beside the JSON summary, else beside the .rrd, else under runs/rollout/."""
+    if summary:
+        return Path(summary).with_suffix(".png")
+    if sink.path is not None:
+        return sink.path.with_suffix(".png")
+    return Path.cwd() / "runs" / "rollout" / f"summary-{time.strftime('%Y%m%d-%H%M%S')}.png"
