@@ -83,14 +83,14 @@ def bench_sim(
 # -- command line: `xr0 bench NAME` -------------------------------------------------------------------------
 BENCHES: dict[str, tuple[str, str | None, str]] = {
     "sim": ("simulator loop rate with 0/1/3 cameras; scripted teleoperator success", "app.bench", ""),
-    "bus": ("Dynamixel sync read+write cycle through the bus emulator", None, "the Dynamixel driver"),
+    "bus": ("Dynamixel sync read+write cycle through the bus emulator", "app.bench_bus", ""),
     "cameras": ("frame arrival to observation latency, CPU per frame", "app.bench_cameras", ""),
-    "loop": ("30 Hz loop lateness with inference and recording", None, "the policy runner"),
-    "recorder": ("sustained recording throughput and loop impact", None, "the episode store and recorder"),
+    "loop": ("30 Hz loop lateness with inference and recording", "app.bench_loop", ""),
+    "recorder": ("sustained recording throughput and loop impact", "app.bench_recorder", ""),
     "loader": ("training samples per second from a store", None, "the training data pipeline"),
     "train": ("training step time and memory", None, "XR0 fine-tuning"),
-    "inference": ("XR0 chunk latency, VLM prefill vs DiT steps", None, "the XR0 model"),
-    "async": ("async vs sync vs async-naive in the simulator", None, "the policy runner"),
+    "inference": ("XR0 chunk latency, VLM prefill vs DiT steps", "app.bench_inference", ""),
+    "async": ("async vs sync vs async-naive in the simulator", "app.bench_async", ""),
 }
 
 

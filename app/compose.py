@@ -7,7 +7,9 @@ registration by import side effect).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from app.config import AppConfig
 from drivers.clock import Clock, SimClock, WallClock
@@ -27,10 +29,14 @@ class Rig:
     robot: BimanualRobot
     sim: AlohaSim | None = None
     teleop: ScriptedTeleoperator | None = None
+    # What else to release when the session ends (bus emulators, read threads, a camera twin).
+    on_close: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
         if self.sim is not None:
             self.sim.close()
+        for close in reversed(self.on_close):
+            close()
 
 
 def build_clock(config: AppConfig) -> Clock:
@@ -64,12 +70,63 @@ def build_sim_rig(config: AppConfig, camera_names: list[str] | None = None) -> R
     return Rig(clock=clock, robot=robot, sim=sim, teleop=teleop)
 
 
+def calibration_file(config: AppConfig, arm: str) -> Path:
+    """Where arm `arm`'s calibration lives. Emulated arms keep theirs in an `emulated/` folder beside the
+    real ones, so rehearsing on the emulator never overwrites a real arm's calibration."""
+    path = config.resolve(config.robot.arms[arm].calibration or f"calibration/{arm}.json")
+    return path.parent / "emulated" / path.name if config.robot.type == "aloha-emulated" else path
+
+
+def build_aloha_rig(config: AppConfig, camera_names: list[str] | None = None) -> Rig:
+    """The Dynamixel ALOHA: four chains on their ports (aloha) or on bus emulators (aloha-emulated).
+
+    Cameras: on hardware the configured RealSense/OpenCV cameras; emulated, every configured camera is
+    rendered by the simulator showing the emulated followers' measured pose (drivers/dynamixel/twin.py)."""
+    from drivers.dynamixel.aloha import build_aloha_arms
+
+    emulated = config.robot.type == "aloha-emulated"
+    clock = WallClock()
+    names = list(config.cameras) if camera_names is None else camera_names
+    unknown = [n for n in names if n not in config.cameras]
+    if unknown:
+        raise DeviceError(
+            f"camera {unknown[0]!r} is not in the config's cameras section ({', '.join(config.cameras)})"
+        )
+    files = {name: calibration_file(config, name) for name in config.robot.arms}
+    arms = build_aloha_arms(config.robot.arms, files, clock, emulated=emulated)
+    closers: list[Callable[[], None]] = [arms.close]
+    try:
+        cameras: dict = {}
+        if emulated and names:
+            os.environ.setdefault("MUJOCO_GL", "egl")
+            from drivers.dynamixel.twin import ArmTwin, TwinCamera
+
+            twin = ArmTwin(config.robot.sim, clock, arms.followers)
+            closers.append(twin.close)
+            for n in names:
+                cam = config.cameras[n]
+                cameras[n] = TwinCamera(twin, n, cam.width, cam.height, cam.fps)
+        elif names:
+            from app.cameras import build_camera
+
+            cameras = {n: build_camera(n, config.cameras[n], clock) for n in names}
+        robot = BimanualRobot(
+            followers=arms.followers,
+            leaders=arms.leaders or None,
+            cameras=cameras,
+            safety=config.robot.safety,
+            clock=clock,
+        )
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+    return Rig(clock=clock, robot=robot, on_close=closers)
+
+
 def build_rig(config: AppConfig, camera_names: list[str] | None = None) -> Rig:
-    builders = {"sim": build_sim_rig}
+    builders = {"sim": build_sim_rig, "aloha": build_aloha_rig, "aloha-emulated": build_aloha_rig}
     builder = builders.get(config.robot.type)
     if builder is None:
-        raise DeviceError(
-            f"robot.type {config.robot.type!r}: the Dynamixel arm driver is not part of this version yet; "
-            "use --robot sim"
-        )
+        raise DeviceError(f"robot.type {config.robot.type!r} is not one of {', '.join(builders)}")
     return builder(config, camera_names)

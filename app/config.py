@@ -14,12 +14,15 @@ from typing import Any, Literal
 import yaml
 
 from app.configload import ConfigError, build, did_you_mean
+from app.runner import PolicyConfig  # defined beside the runner it configures
 from drivers.arm import ArmConfig
 from drivers.camera import CameraConfig
 from drivers.joints import CAMERA_NAMES
 from drivers.safety import SafetyConfig
 from drivers.sim.aloha import SimConfig
 from drivers.sim.scripted import ScriptedConfig
+from recording.config import RecordingConfig
+from xr0.train_config import TrainConfig  # defined beside the trainer it configures
 
 ROBOT_TYPES = ("sim", "aloha", "aloha-emulated")
 ARM_NAMES = ("left_leader", "right_leader", "left_follower", "right_follower")
@@ -65,51 +68,6 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
-class RecordingConfig:
-    # Where datasets are written, relative to this config file (gitignored).
-    root: str = "datasets"
-    # Image compression: jpeg (small, lossy; the default) or png (lossless, ~10x larger).
-    image_codec: Literal["jpeg", "png"] = "jpeg"
-    # JPEG quality 1..100 (90 is visually lossless for training).
-    jpeg_quality: int = 90
-    # Length of one teleop episode in seconds, and the pause between episodes for resetting the scene.
-    episode_seconds: float = 10.0
-    reset_seconds: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
-        if not self.episode_seconds > 0:
-            raise ValueError("episode_seconds must be > 0")
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    # A checkpoint directory (local path), `ws://host:port` for `xr0 serve`, or a hub id you chose.
-    checkpoint: str = ""
-    # sync: stop, infer, execute; async: action prefixing (DESIGN.md §6); async-naive: no prefix.
-    mode: Literal["sync", "async", "async-naive"] = "async"
-    # Actions per chunk the model predicts (XR0: 30 at 30 Hz = 1 s).
-    chunk_length: int = 30
-    # Largest action prefix the model was trained with (XR0 async post-training: 6).
-    max_prefix: int = 6
-    # The inference delay estimate is this quantile of the recent latencies ...
-    delay_quantile: float = 0.95
-    # ... over this many most recent inferences.
-    delay_window: int = 20
-    # Task instruction given to the model.
-    instruction: str = "transfer the cube to the other arm"
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.max_prefix < self.chunk_length:
-            raise ValueError(
-                f"max_prefix must be between 1 and chunk_length-1 ({self.chunk_length - 1}), got {self.max_prefix}"
-            )
-        if not 0.5 <= self.delay_quantile <= 1.0:
-            raise ValueError(f"delay_quantile must be in [0.5, 1], got {self.delay_quantile}")
-
-
-@dataclass(frozen=True)
 class VizConfig:
     # Rerun sink: off, spawn (native viewer), web or web:PORT (browser viewer), or a FILE.rrd to write.
     rerun: str = "off"
@@ -131,6 +89,8 @@ class AppConfig:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     viz: VizConfig = field(default_factory=VizConfig)
+    # `xr0 train`: the fine-tuning recipe, data and augmentation (xr0/train_config.py, docs/training.md).
+    train: TrainConfig = field(default_factory=TrainConfig)
     # The directory relative paths are resolved against (set by the loader to the config file's folder).
     base_dir: Path = field(default=PROJECT_ROOT, compare=False)
 

@@ -30,6 +30,24 @@ class ChunkRecord:
     actions: np.ndarray | None  # (T, 14) absolute targets, prefix rows enforced; None if not spliced
     inference_ms: float  # the policy's answer time (wall clock, or modelled in lockstep)
 
+    # The names the Rerun view reads (app/viz.py `on_chunk`).
+    @property
+    def tick_start(self) -> int:
+        """The tick row 0 is executed on (async: the request's tick; sync: the arrival tick)."""
+        return self.request_tick if self.switch_index is None else self.arrival_tick - self.switch_index
+
+    @property
+    def prefix_len(self) -> int:
+        return self.prefix_length
+
+    @property
+    def delay_ticks(self) -> int:
+        return self.arrival_tick - self.request_tick
+
+    @property
+    def latency_ms(self) -> float:
+        return self.inference_ms
+
 
 @dataclass(frozen=True)
 class StepEvent:
@@ -50,7 +68,7 @@ class StepEvent:
     chunk_id: int | None = None  # the chunk `planned` came from (None: the arms held)
     chunk_index: int | None = None  # its row in that chunk
     new_chunk: ChunkRecord | None = None  # set on the tick a new chunk was received
-    hold: str | None = None  # why the arms held: waiting | starved | paused | estop | error
+    hold: str | None = None  # why the arms held: waiting | starved | paused (app/runner.py)
     observation_stale: bool = False  # the observation was older than the bound: no inference on it
 
 

@@ -315,13 +315,14 @@ class RerunLogger:
 
     def _log_chunk(self, c) -> None:
         rr = self.rr
-        actions = np.asarray(c.actions, dtype=np.float64)  # (T, 14)
-        ticks = np.arange(c.tick_start, c.tick_start + len(actions))
-        self.rec.send_columns(
-            f"chunks/predicted/slot{c.chunk_id % CHUNK_SLOTS}",
-            indexes=[rr.TimeColumn("tick", sequence=ticks)],
-            columns=rr.Scalars.columns(scalars=actions),
-        )
+        if c.actions is not None:  # a chunk that was not spliced in (discarded, expired) has no actions
+            actions = np.asarray(c.actions, dtype=np.float64)  # (T, 14)
+            ticks = np.arange(c.tick_start, c.tick_start + len(actions))
+            self.rec.send_columns(
+                f"chunks/predicted/slot{c.chunk_id % CHUNK_SLOTS}",
+                indexes=[rr.TimeColumn("tick", sequence=ticks)],
+                columns=rr.Scalars.columns(scalars=actions),
+            )
         self.rec.set_time("tick", sequence=c.tick_start)
         self.rec.log("chunks/prefix_len", rr.Scalars(c.prefix_len))
         self.rec.log("chunks/delay_ticks", rr.Scalars(c.delay_ticks))
@@ -342,8 +343,10 @@ def summary_png(
         t.add(s)
     buckets = t.per_minute(duration_s)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), dpi=100)
-    ax1.bar(np.arange(len(buckets)), buckets, color="#3b7dd8")
-    ax1.set_xlabel("minute")
+    minutes = np.arange(1, len(buckets) + 1)
+    ax1.bar(minutes, buckets, color="#3b7dd8")
+    ax1.set_xticks(minutes if len(minutes) <= 30 else minutes[::5])
+    ax1.set_xlabel("minute of the rollout")
     ax1.set_ylabel("tasks completed")
     total = len(success_times_s)
     ax1.set_title(

@@ -120,6 +120,18 @@ def test_a_slow_sink_never_changes_loop_timing(tmp_path):
             time.sleep(0.2)  # a viewer on a congested network
             super()._log_step(e)
 
+    class TimedPublisher(Publisher):
+        """Measures how long the control thread spends handing each step to the subscribers."""
+
+        def __init__(self, subs):
+            super().__init__(subs)
+            self.step_ms = []
+
+        def step(self, event):
+            t0 = time.perf_counter()
+            super().step(event)
+            self.step_ms.append((time.perf_counter() - t0) * 1e3)
+
     def run(with_slow_sink: bool):
         rig = build_sim_rig(config)
         subs = (
@@ -127,17 +139,20 @@ def test_a_slow_sink_never_changes_loop_timing(tmp_path):
             if with_slow_sink
             else []
         )
-        publisher = Publisher(subs)
+        publisher = TimedPublisher(subs)
         report = TeleopSession(rig, 30.0, publisher).run(1, 1.5)
         publisher.close()
         rig.close()
-        return report, subs
+        return report, subs, publisher
 
-    baseline, _ = run(False)
-    slow, subs = run(True)
+    baseline, _, _ = run(False)
+    slow, subs, publisher = run(True)
     assert subs[0].dropped > 0  # the sink really was too slow: viz messages were dropped, counted
-    assert slow.ticks == baseline.ticks == 45
-    assert slow.lateness_ms["p99"] < baseline.lateness_ms["p99"] + 10.0, (
+    assert slow.ticks == baseline.ticks == 45  # no tick was lost
+    # The control thread never waits for the sink: handing a step over stays far below a tick.
+    assert np.percentile(publisher.step_ms, 99) < 5.0, publisher.step_ms
+    # And the loop's lateness is not made worse by it (margin for a shared machine).
+    assert slow.lateness_ms["p99"] < baseline.lateness_ms["p99"] + 20.0, (
         slow.lateness_ms,
         baseline.lateness_ms,
     )
