@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.config import AppConfig
 from app.errors import CliError
+from app.viz import blueprint
 
 SUBCOMMANDS = {
     "info": "summary of a store: episodes, tasks, success, flagged episodes, size",
@@ -258,13 +261,16 @@ def log_episode(path: Path, episode: int | None, sink, viz) -> tuple[int, int]:
     episode = store.episodes[0] if episode is None else episode
     n = store.length(episode)
     rec = rr.RecordingStream("xr0-dataset", recording_id=f"{path.stem}-{episode}")
+    has_chunks = "policy.new_chunk" in store.key_specs
+    bp = blueprint([k.rsplit(".", 1)[-1] for k in store.image_keys], with_chunks=has_chunks)
     if sink.kind == "file":
         sink.path.parent.mkdir(parents=True, exist_ok=True)
-        rec.save(str(sink.path))
+        rec.save(str(sink.path), default_blueprint=bp)
     elif sink.kind == "spawn":
-        rec.spawn(memory_limit=viz.memory_limit)
+        rec.spawn(memory_limit=viz.memory_limit, default_blueprint=bp)
     else:
-        rr.serve_web_viewer(web_port=sink.port, open_browser=False, connect_to=rec.serve_grpc())
+        uri = rec.serve_grpc(default_blueprint=bp)
+        rr.serve_web_viewer(web_port=sink.port, open_browser=False, connect_to=uri)
     info = store.info(episode)
     rec.log("episode", rr.TextDocument(json.dumps(info, indent=2), media_type="text/markdown"), static=True)
     names = [*ARM_JOINTS, "gripper"]
@@ -288,10 +294,36 @@ def log_episode(path: Path, episode: int | None, sink, viz) -> tuple[int, int]:
         for side in SIDES:
             for key, label in series.items():
                 rec.log(f"arms/{side}/{label}", rr.Scalars(lows[key][t][side_slice(side)]))
+    if has_chunks:
+        _log_chunks(rec, store, episode)
     rec.flush()
     if sink.kind == "file":
         rec.disconnect()
     return episode, n
+
+
+def _log_chunks(rec, store, episode: int) -> None:
+    """A rollout episode's predicted chunks, each on the steps it covers, and the committed actions."""
+    import rerun as rr
+
+    from app.viz import CHUNK_SLOTS
+
+    ticks = store.get(episode, "tick")
+    ids = store.get(episode, "policy.new_chunk_id")
+    starts = store.get(episode, "policy.new_chunk_start")
+    rec.send_columns(
+        "chunks/committed",
+        indexes=[rr.TimeColumn("step", sequence=np.arange(len(ticks)))],
+        columns=rr.Scalars.columns(scalars=store.get(episode, "action")),
+    )
+    for t in np.flatnonzero(ids >= 0):
+        chunk = store.get(episode, "policy.new_chunk", int(t))  # (T, 14)
+        first = int(starts[t] - ticks[0])  # the episode step its row 0 belongs to
+        rec.send_columns(
+            f"chunks/predicted/slot{int(ids[t]) % CHUNK_SLOTS}",
+            indexes=[rr.TimeColumn("step", sequence=np.arange(first, first + len(chunk)))],
+            columns=rr.Scalars.columns(scalars=chunk),
+        )
 
 
 def _view(args, config: AppConfig, path: Path) -> int:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from app import record_console as keys
 from app.compose import Rig
 from app.config import AppConfig
@@ -56,11 +58,30 @@ def step_from_event(e: StepEvent, spec: StoreSpec) -> dict[str, Any]:
     if spec.leader:
         step["leader.action"] = e.leader
         step["leader.t_ns"] = e.leader_t_ns
+    if spec.policy_chunk:
+        step.update(policy_fields(e, spec))
     for cam in spec.cameras:
         step[f"observation.images.{cam}"] = obs.images[cam]
         step[f"observation.images.{cam}.t_ns"] = obs.image_t_ns[cam]
         step[f"observation.images.{cam}.index"] = obs.image_index[cam]
     return step
+
+
+def policy_fields(e: StepEvent, spec: StoreSpec) -> dict[str, Any]:
+    """A policy rollout's per-step record: which chunk row ran, what was planned, the chunk that arrived."""
+    new = e.new_chunk if e.new_chunk is not None and e.new_chunk.actions is not None else None
+    chunk = np.zeros((spec.policy_chunk, len(spec.joint_names)))
+    if new is not None:
+        rows = min(len(new.actions), spec.policy_chunk)
+        chunk[:rows] = new.actions[:rows]
+    return {
+        "policy.chunk_id": -1 if e.chunk_id is None else e.chunk_id,
+        "policy.chunk_index": -1 if e.chunk_index is None else e.chunk_index,
+        "policy.planned": e.action if e.planned is None else e.planned,
+        "policy.new_chunk_id": -1 if new is None else new.chunk_id,
+        "policy.new_chunk_start": -1 if new is None else new.tick_start,
+        "policy.new_chunk": chunk,
+    }
 
 
 class RecorderSubscriber:
@@ -190,7 +211,7 @@ def _planned_bytes(config: AppConfig, episodes: int, seconds: float) -> float:
     return episodes * seconds * config.control.fps * per_step
 
 
-def _preflight(path: Path) -> None:
+def preflight(path: Path) -> None:
     """Fail before touching the robot if the store cannot be appended to."""
     from recording.schema import COMMITTED, StoreError, check_store, episode_attrs, episode_dirs
 
@@ -265,7 +286,7 @@ def record(
     from recording.recorder import Recorder
     from recording.schema import StoreError
 
-    _preflight(plan.path)
+    preflight(plan.path)
     check_disk(plan.path, _planned_bytes(config, plan.episodes, plan.seconds), config.recording.disk_margin)
     try:
         sink, note = resolve_sink(Sink.parse(plan.rerun), Path.cwd() / "runs" / "record" / "record.rrd")

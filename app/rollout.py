@@ -33,7 +33,7 @@ import numpy as np
 
 from app.compose import Rig
 from app.config import AppConfig
-from app.errors import CliError, NotBuilt
+from app.errors import CliError
 from app.events import EpisodeEvent, Publisher
 from app.runner import PolicyRunner
 from app.viz import summary_png
@@ -383,9 +383,17 @@ def add_arguments(p) -> None:
 
 
 def run_rollout(
-    config: AppConfig, source: str, duration_s: float, rerun: str = "off", instruction: str | None = None
+    config: AppConfig,
+    source: str,
+    duration_s: float,
+    rerun: str = "off",
+    instruction: str | None = None,
+    record: Path | None = None,
 ):
-    """Compose rig, policy, runner and subscribers from config; run; always shut down cleanly."""
+    """Compose rig, policy, runner and subscribers from config; run; always shut down cleanly.
+
+    With `record`, every episode of the rollout is stored (with the chunk ids, the planned actions and
+    each chunk received) in that dataset, ready for the next fine-tune."""
     from app.compose import build_rig
     from app.policies import open_policy
     from app.viz import RerunLogger, Sink, resolve_sink
@@ -406,6 +414,8 @@ def run_rollout(
         policy = open_policy(source, config, rig)
         if hasattr(policy, "on_step"):  # the scripted policy follows the task's progress from step events
             publisher.subscribers.append(policy)
+        if record is not None:
+            publisher.subscribers.append(_recorder(config, rig, policy, record, source, instruction))
         if sink.kind != "off":
             publisher.subscribers.append(
                 RerunLogger(sink, config.viz, cameras=list(rig.robot.cameras), with_chunks=True)
@@ -425,6 +435,28 @@ def run_rollout(
     report.policy = source
     report.latency_samples_ms = [round(float(x), 3) for x in runner.stats.inference_ms]
     return report, sink
+
+
+def _recorder(config: AppConfig, rig: Rig, policy, path: Path, source: str, instruction: str | None):
+    """A recorder subscriber for the rollout's episodes (no leader command; the policy.* arrays instead)."""
+    from app.record import RecorderSubscriber, build_spec, calibration_identity, preflight
+    from drivers.clock import SimClock
+    from recording.recorder import Recorder
+    from recording.schema import StoreError
+
+    preflight(path)
+    spec = replace(build_spec(config, rig, True, True), leader=False, policy_chunk=policy.spec.chunk_length)
+    try:
+        recorder = Recorder(path, spec, config.recording, block=isinstance(rig.clock, SimClock))
+    except StoreError as e:
+        raise CliError(str(e)) from e
+    attrs = {
+        "robot_type": config.robot.type,
+        "calibration": calibration_identity(config),
+        "policy": source,
+        "mode": config.policy.mode,
+    }
+    return RecorderSubscriber(recorder, instruction or config.policy.instruction, attrs)
 
 
 def print_summary(r: RolloutReport) -> None:
@@ -458,18 +490,20 @@ def print_summary(r: RolloutReport) -> None:
 
 
 def run(args, config: AppConfig) -> int:
-    if args.record:
-        raise NotBuilt(
-            "xr0 rollout --record is not available yet: it needs the recorder wired to the runner; "
-            "run without --record"
-        )
     if args.mode:
         config = replace(config, policy=replace(config.policy, mode=args.mode))
     duration_s = parse_duration(args.duration)
     source = args.policy or config.policy.source
     rerun = args.rerun if args.rerun is not None else config.viz.rerun
-    report, sink = run_rollout(config, source, duration_s, rerun, args.task)
+    record = None
+    if args.record:
+        from app.dataset_cli import dataset_path
+
+        record = dataset_path(args.record, config)
+    report, sink = run_rollout(config, source, duration_s, rerun, args.task, record)
     print_summary(report)
+    if record is not None:
+        print(f"  recorded episodes: {record}")
     if sink.path is not None:
         print(f"  Rerun recording: {sink.path}")
     if args.summary:

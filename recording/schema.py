@@ -84,6 +84,9 @@ class StoreSpec:
     jpeg_quality: int = 90
     image_shard_steps: int = 30
     numeric_chunk_steps: int = 1024
+    # A policy rollout's chunk length T: adds the policy.* arrays (chunk ids, planned actions, the chunks
+    # received). 0 for teleoperation.
+    policy_chunk: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form store-level attributes
 
     def __post_init__(self) -> None:
@@ -160,6 +163,41 @@ class StoreSpec:
                 ),
                 ArraySpec("leader.t_ns", "int64", (), host, "capture time of the leader read"),
             ]
+        if self.policy_chunk:
+            out += [
+                ArraySpec(
+                    "policy.chunk_id",
+                    "int64",
+                    (),
+                    "",
+                    "chunk the executed action came from; -1: the arms held",
+                ),
+                ArraySpec("policy.chunk_index", "int64", (), "", "row of that chunk; -1: the arms held"),
+                ArraySpec(
+                    "policy.planned",
+                    "float64",
+                    j,
+                    "rad; gripper 0..1",
+                    "the planned action, before the safety layer",
+                ),
+                ArraySpec(
+                    "policy.new_chunk_id", "int64", (), "", "id of the chunk received on this tick; -1: none"
+                ),
+                ArraySpec(
+                    "policy.new_chunk_start",
+                    "int64",
+                    (),
+                    "ticks",
+                    "the tick row 0 of the received chunk belongs to",
+                ),
+                ArraySpec(
+                    "policy.new_chunk",
+                    "float64",
+                    (self.policy_chunk, *j),
+                    "rad; gripper 0..1",
+                    "the chunk received on this tick as it was executed (prefix rows enforced); zeros otherwise",
+                ),
+            ]
         for cam, shape in self.cameras.items():
             key = f"observation.images.{cam}"
             out += [
@@ -191,7 +229,12 @@ class StoreSpec:
             "robot_type": self.robot_type,
             "joint_names": list(self.joint_names),
             "cameras": {n: list(s) for n, s in self.cameras.items()},
-            "optional": {"velocity": self.velocity, "effort": self.effort, "leader": self.leader},
+            "optional": {
+                "velocity": self.velocity,
+                "effort": self.effort,
+                "leader": self.leader,
+                "policy_chunk": self.policy_chunk,
+            },
             "image_codec": {"name": self.image_codec, "jpeg_quality": self.jpeg_quality},
             "layout": {
                 "image_shard_steps": self.image_shard_steps,
@@ -221,6 +264,7 @@ class StoreSpec:
                 velocity=bool(opt.get("velocity", True)),
                 effort=bool(opt.get("effort", True)),
                 leader=bool(opt.get("leader", True)),
+                policy_chunk=int(opt.get("policy_chunk", 0)),
                 image_codec=str(codec.get("name", "jpeg")),
                 jpeg_quality=int(codec.get("jpeg_quality", 90)),
                 image_shard_steps=int(layout.get("image_shard_steps", 30)),
@@ -232,7 +276,7 @@ class StoreSpec:
 
     def difference(self, other: StoreSpec) -> str | None:
         """The first field in which two specs disagree, as a sentence fragment (None if compatible)."""
-        for name in ("fps", "joint_names", "cameras", "velocity", "effort", "leader"):
+        for name in ("fps", "joint_names", "cameras", "velocity", "effort", "leader", "policy_chunk"):
             a, b = getattr(self, name), getattr(other, name)
             if name == "cameras":
                 a = {k: tuple(v) for k, v in a.items()}
