@@ -16,7 +16,7 @@ import pytest
 from app import rollout
 from app.cli import add_common, main
 from app.config import load_config
-from app.errors import CliError, NotBuilt
+from app.errors import CliError
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = """
@@ -74,8 +74,8 @@ def test_rollout_policy_sources_fail_clearly(config_path, tmp_path):
         rollout_cli(["--policy", str(ckpt), "--duration", "1s"], config_path)
     with pytest.raises(CliError, match="could not reach the policy server"):
         rollout_cli(["--policy", "ws://127.0.0.1:9", "--duration", "1s"], config_path)
-    with pytest.raises(NotBuilt, match="--record"):
-        rollout_cli(["--record", str(tmp_path / "x.zarr"), "--duration", "1s"], config_path)
+    with pytest.raises(CliError, match="cannot create dataset .* does not exist"):
+        rollout_cli(["--record", str(tmp_path / "no" / "x.zarr"), "--duration", "1s"], config_path)
 
 
 def free_port() -> int:
