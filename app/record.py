@@ -282,16 +282,13 @@ def record(
     `extra_subscribers` see every event after the recorder (tests use one to checksum what was sent);
     `rig` replaces the one built from the config (it is closed at the end either way)."""
     from app.compose import build_rig
-    from app.viz import RerunLogger, Sink, VizError, resolve_sink
+    from app.viz import RerunLogger, open_sink
     from recording.recorder import Recorder
     from recording.schema import StoreError
 
     preflight(plan.path)
     check_disk(plan.path, _planned_bytes(config, plan.episodes, plan.seconds), config.recording.disk_margin)
-    try:
-        sink, note = resolve_sink(Sink.parse(plan.rerun), Path.cwd() / "runs" / "record" / "record.rrd")
-    except (ValueError, VizError) as e:
-        raise CliError(str(e)) from e
+    sink, note = open_sink(plan.rerun, "record")
     console = console or keys.Console()
     if note:
         console.cue(note)

@@ -22,7 +22,8 @@ import numpy as np
 from app import record_console as keys
 from app.compose import Rig
 from app.config import AppConfig
-from app.events import EpisodeEvent, Publisher, StepEvent
+from app.events import EpisodeEvent, Publisher
+from app.teleop import teleop_step
 from drivers.clock import Rate, SimClock, Tick
 from drivers.errors import StaleSampleError
 
@@ -94,25 +95,10 @@ class RecordSession:
             self._tick += 1
             return tick
         self._stale_run = 0
-        leader = robot.leader_action()
-        cmd = robot.send_action(leader.action)
+        event = teleop_step(robot, clock, tick, self._tick, episode, obs)
         self._lateness.append(tick.lateness_ns)
         self._walls.append(time.perf_counter())
-        self.publisher.step(
-            StepEvent(
-                tick=self._tick,
-                deadline_ns=tick.deadline_ns,
-                lateness_ns=tick.lateness_ns,
-                episode=episode,
-                observation=obs,
-                leader=leader.action,
-                leader_t_ns=leader.t_ns,
-                action=cmd.action,
-                action_t_ns=clock.now_ns(),
-                clamped=int(cmd.clamped.sum()),
-                rejected=cmd.rejected,
-            )
-        )
+        self.publisher.step(event)
         self._tick += 1
         self.report.ticks += 1
         return tick

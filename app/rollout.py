@@ -396,15 +396,9 @@ def run_rollout(
     each chunk received) in that dataset, ready for the next fine-tune."""
     from app.compose import build_rig
     from app.policies import open_policy
-    from app.viz import RerunLogger, Sink, resolve_sink
+    from app.viz import RerunLogger, open_sink
 
-    try:
-        sink = Sink.parse(rerun)
-        if sink.path is not None and not sink.path.is_absolute():
-            sink = replace(sink, path=Path.cwd() / sink.path)
-        sink, note = resolve_sink(sink, fallback_file=Path.cwd() / "runs" / "rollout" / "rollout.rrd")
-    except ValueError as e:  # VizError is a ValueError
-        raise CliError(str(e)) from e
+    sink, note = open_sink(rerun, "rollout")
     if note:
         log.warning("%s", note)
     rig = build_rig(config)

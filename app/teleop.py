@@ -11,18 +11,18 @@ import json
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from app.compose import Rig
 from app.config import AppConfig
-from app.errors import CliError
 from app.events import EpisodeEvent, Publisher, StepEvent
-from app.viz import Sink, resolve_sink
-from drivers.clock import Rate, Tick
+from app.viz import Sink, open_sink
+from drivers.clock import Clock, Rate, Tick
 from drivers.errors import DeviceError
+from drivers.robot import BimanualRobot, Observation
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,40 @@ class TeleopReport:
         return sum(judged) / len(judged) if judged else None
 
 
+def teleop_step(
+    robot: BimanualRobot,
+    clock: Clock,
+    tick: Tick,
+    tick_index: int,
+    episode: int,
+    obs: Observation | None = None,
+) -> StepEvent:
+    """One teleoperation tick: observe (unless `obs` is given), read the leaders, send the leaders'
+    command through the safety layer; the event carries what was sent and each section's time."""
+    t0 = time.perf_counter()
+    if obs is None:
+        obs = robot.observe()
+    t1 = time.perf_counter()
+    leader = robot.leader_action()
+    t2 = time.perf_counter()
+    cmd = robot.send_action(leader.action)
+    t3 = time.perf_counter()
+    return StepEvent(
+        tick=tick_index,
+        deadline_ns=tick.deadline_ns,
+        lateness_ns=tick.lateness_ns,
+        episode=episode,
+        observation=obs,
+        leader=leader.action,
+        leader_t_ns=leader.t_ns,
+        action=cmd.action,
+        action_t_ns=clock.now_ns(),
+        clamped=int(cmd.clamped.sum()),
+        rejected=cmd.rejected,
+        timings_ms={"observe": (t1 - t0) * 1e3, "leader": (t2 - t1) * 1e3, "send": (t3 - t2) * 1e3},
+    )
+
+
 class TeleopSession:
     def __init__(
         self, rig: Rig, fps: float, publisher: Publisher | None = None, stop: threading.Event | None = None
@@ -65,29 +99,7 @@ class TeleopSession:
         self.stop = stop or threading.Event()
 
     def _tick(self, tick: Tick, tick_index: int, episode: int) -> StepEvent:
-        """One control tick: observe, read the leaders, send through the safety layer."""
-        robot = self.rig.robot
-        t0 = time.perf_counter()
-        obs = robot.observe()
-        t1 = time.perf_counter()
-        leader = robot.leader_action()
-        t2 = time.perf_counter()
-        cmd = robot.send_action(leader.action)
-        t3 = time.perf_counter()
-        return StepEvent(
-            tick=tick_index,
-            deadline_ns=tick.deadline_ns,
-            lateness_ns=tick.lateness_ns,
-            episode=episode,
-            observation=obs,
-            leader=leader.action,
-            leader_t_ns=leader.t_ns,
-            action=cmd.action,
-            action_t_ns=self.rig.clock.now_ns(),
-            clamped=int(cmd.clamped.sum()),
-            rejected=cmd.rejected,
-            timings_ms={"observe": (t1 - t0) * 1e3, "leader": (t2 - t1) * 1e3, "send": (t3 - t2) * 1e3},
-        )
+        return teleop_step(self.rig.robot, self.rig.clock, tick, tick_index, episode)
 
     def run(self, episodes: int, episode_seconds: float) -> TeleopReport:
         """Run `episodes` episodes of `episode_seconds` each (or until `stop` is set)."""
@@ -175,13 +187,7 @@ def run_teleop(
     from app.compose import build_rig
     from app.viz import RerunLogger
 
-    try:
-        sink = Sink.parse(rerun)
-        if sink.path is not None and not sink.path.is_absolute():
-            sink = replace(sink, path=Path.cwd() / sink.path)
-        sink, note = resolve_sink(sink, fallback_file=Path.cwd() / "runs" / "teleop" / "teleop.rrd")
-    except ValueError as e:  # VizError is a ValueError
-        raise CliError(str(e)) from e
+    sink, note = open_sink(rerun, "teleop")
     if note:
         log.warning("%s", note)
     rig = build_rig(config)

@@ -106,6 +106,21 @@ def resolve_sink(sink: Sink, fallback_file: Path) -> tuple[Sink, str | None]:
     return sink, None
 
 
+def open_sink(rerun: str, name: str) -> tuple[Sink, str | None]:
+    """`--rerun` as the operator gave it, checked before anything starts: a relative .rrd path is taken
+    from the current folder, and `spawn` without a display falls back to runs/NAME/NAME.rrd (the note
+    says so). Bad input is one sentence (`CliError`)."""
+    from app.errors import CliError
+
+    try:
+        sink = Sink.parse(rerun)
+        if sink.path is not None and not sink.path.is_absolute():
+            sink = Sink("file", path=Path.cwd() / sink.path)
+        return resolve_sink(sink, fallback_file=Path.cwd() / "runs" / name / f"{name}.rrd")
+    except ValueError as e:  # VizError is a ValueError
+        raise CliError(str(e)) from e
+
+
 def blueprint(cameras: list[str], with_chunks: bool):
     """The operator's layout: cameras on top, per-arm joints, then chunks, loop metrics and throughput."""
     import rerun.blueprint as rrb
