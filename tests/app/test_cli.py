@@ -39,7 +39,9 @@ def test_help_lists_every_command(capsys):
 NOT_BUILT = [(name, missing) for name, (_, module, missing) in COMMANDS.items() if module is None]
 
 
-@pytest.mark.parametrize("name, missing", NOT_BUILT or [pytest.param("", "", marks=pytest.mark.skip("all built"))])
+@pytest.mark.parametrize(
+    "name, missing", NOT_BUILT or [pytest.param("", "", marks=pytest.mark.skip("all built"))]
+)
 def test_commands_not_built_yet_say_what_is_missing(name, missing, capsys):
     argv = [name, *PLANNED_SUBCOMMANDS.get(name, ())[:1]]
     assert main(argv) == 2
@@ -93,14 +95,33 @@ def test_teleop_in_sim_succeeds_and_writes_a_readable_rrd(small_config, tmp_path
     assert rows["/arms/left/measured"] == ticks and rows["/arms/right/commanded"] == ticks
 
 
-def test_demo_reports_where_its_output_went(small_config, tmp_path, capsys):
-    out_dir = tmp_path / "demo"
-    assert main(["demo", "--config", str(small_config), "--episodes", "1", "--out", str(out_dir)]) == 0
+@pytest.mark.slow
+def test_demo_quick_runs_the_whole_loop_and_its_report_matches_the_artefacts(small_config, tmp_path, capsys):
+    out_dir, dataset = tmp_path / "demo", tmp_path / "demo.zarr"
+    argv = [
+        "demo",
+        "--quick",
+        "--config",
+        str(small_config),
+        "--out",
+        str(out_dir),
+        "--dataset",
+        str(dataset),
+    ]
+    assert main([*argv, "--train-minutes", "0.3", "--rollout-minutes", "0.3"]) == 0
     out = capsys.readouterr().out
-    assert str(out_dir / "teleop.rrd") in out
-    summary = json.loads((out_dir / "summary.json").read_text())
-    assert summary["episodes"][0]["success"] is True
-    assert (out_dir / "teleop.rrd").stat().st_size > 10_000
+    report = json.loads((out_dir / "report.json").read_text())
+    from recording.reader import EpisodeStore
+
+    store = EpisodeStore(dataset)
+    assert report["record"]["episodes"] == len(store.episodes) == 2
+    assert report["record"]["successes"] == 2  # the scripted demonstrations succeed
+    assert (out_dir / "train" / "last" / "config.json").exists()
+    assert report["train"]["summary"]["steps"] > 0
+    assert (out_dir / "rollout.rrd").stat().st_size > 10_000 and (out_dir / "rollout.png").exists()
+    assert report["rollout"]["ticks"] == round(0.3 * 60 * 30)  # 18 s of control time at 30 Hz
+    assert f"{report['rollout']['tasks']} tasks" in out
+    assert str(out_dir / "rollout.rrd") in out
 
 
 def test_doctor_runs_and_prints_one_line_per_check(small_config, capsys):
