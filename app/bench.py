@@ -87,8 +87,8 @@ BENCHES: dict[str, tuple[str, str | None, str]] = {
     "cameras": ("frame arrival to observation latency, CPU per frame", "app.bench_cameras", ""),
     "loop": ("30 Hz loop lateness with inference and recording", "app.bench_loop", ""),
     "recorder": ("sustained recording throughput and loop impact", "app.bench_recorder", ""),
-    "loader": ("training samples per second from a store", None, "the training data pipeline"),
-    "train": ("training step time and memory", None, "XR0 fine-tuning"),
+    "loader": ("training samples per second from a store", "app.bench_loader", ""),
+    "train": ("training step time and memory", "app.bench_train", ""),
     "inference": ("XR0 chunk latency, VLM prefill vs DiT steps", "app.bench_inference", ""),
     "async": ("async vs sync vs async-naive in the simulator", "app.bench_async", ""),
 }

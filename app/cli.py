@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "record": ("record teleoperated episodes into a Zarr store", "app.record", ""),
     "replay": ("play an episode's actions back on the robot", "app.replay", ""),
     "dataset": ("inspect, validate, repair, convert and view datasets", "app.dataset_cli", ""),
-    "train": ("fine-tune XR0 on recorded episodes", None, "XR0 fine-tuning"),
+    "train": ("fine-tune XR0 on recorded episodes", "app.train_cli", ""),
     "serve": ("serve a policy over the network", "app.policy_server", ""),
     "rollout": ("run a policy on the robot at 30 Hz", "app.rollout", ""),
     "calibrate": ("calibrate the Dynamixel arms (writes robot.arms.NAME.calibration)", "app.calibrate", ""),

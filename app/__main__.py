@@ -1,0 +1,7 @@
+"""`python -m app …` is `xr0 …` (what `torchrun --nproc-per-node K -m app train …` starts on each rank)."""
+
+import sys
+
+from app.cli import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""The training data pipeline on real (tiny) episode stores: samples, statistics, the shared transform
+chain, augmentation, sampling order, loader workers and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recording.reader import EpisodeStore
+from recording.writer import StoreWriter
+from tests.recording.synthetic import make_spec, make_step
+from xr0.augment import AugmentConfig, augment_views
+from xr0.data import (
+    STD_FLOOR,
+    Collate,
+    DataError,
+    MixtureSchedule,
+    RankBatches,
+    TrainingSamples,
+    action_statistics,
+    make_loader,
+    open_sources,
+    source_windows,
+)
+from xr0.flow import sample_actions, seeded_noise
+from xr0.policy import RELATIVE_JOINTS, XR0_INDEX, XR0Policy, XR0PolicyConfig, model_to_robot_actions
+from xr0.processor import XR0Processor
+from xr0.train_config import DataConfig
+
+CAMS = ("cam_high", "cam_left_wrist")
+REL = np.asarray(RELATIVE_JOINTS)
+H = 8  # chunk length in these tests
+
+
+def make_store(path, lengths=(40, 25, 30), cameras=CAMS, task="transfer the cube", seed=0):
+    """A real store with smooth images and random joints (`tests/recording/synthetic.py`)."""
+    spec = make_spec(codec="png", cameras={c: (24, 32, 3) for c in cameras})
+    rng = np.random.default_rng(seed)
+    with StoreWriter(path, spec, fsync=False) as writer:
+        for n in lengths:
+            ep = writer.begin_episode({"task": task})
+            for t in range(n):
+                ep.append(make_step(spec, t, rng, smooth=True))
+            ep.commit()
+    return path
+
+
+def stats_processor(sources, horizon=H) -> XR0Processor:
+    stats, _ = action_statistics(list(source_windows(sources)), horizon, REL)
+    return XR0Processor.build(
+        {"aloha": {"mean": stats["mean"].tolist(), "std": stats["std"].tolist()}}, action_length=horizon
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("data") / "s.zarr")
+
+
+@pytest.fixture(scope="module")
+def sources(store):
+    return open_sources(DataConfig(datasets=(str(store),), val_episodes=1), CAMS)
+
+
+@pytest.fixture(scope="module")
+def proc(sources):
+    return stats_processor(sources)
+
+
+NO_AUGMENT = AugmentConfig(enabled=False)
+
+
+def samples(sources, proc, augment=NO_AUGMENT, split="train"):
+    return TrainingSamples(sources, proc, CAMS, REL, H, "aloha", augment, seed=0, split=split)
+
+
+def test_the_last_episode_is_held_out_and_every_step_is_a_sample(sources):
+    (s,) = sources
+    assert s.train.episodes.tolist() == [0, 1] and s.val.episodes.tolist() == [2]
+    assert len(s.train) == 65 and len(s.val) == 30
+
+
+def test_statistics_are_the_mean_and_std_of_valid_window_rows():
+    rng = np.random.default_rng(1)
+    episodes = [(rng.normal(size=(n, 14)), rng.normal(size=(n, 14))) for n in (12, 5)]
+    for actions, states in episodes:  # the left waist never moves: relative targets are all 0
+        actions[:, 0] = states[:, 0] = 0.3
+    stats, rows = action_statistics(episodes, 4, REL)
+    # brute force: every (t, k) with t + k inside the episode
+    per_k = [[] for _ in range(4)]
+    for actions, states in episodes:
+        for t in range(len(actions)):
+            for k in range(4):
+                if t + k < len(actions):
+                    per_k[k].append(actions[t + k] - REL * states[t])
+    for k in range(4):
+        rows_k = np.array(per_k[k])
+        idx = list(XR0_INDEX)
+        np.testing.assert_allclose(stats["mean"][k, idx], rows_k.mean(0), rtol=1e-5, atol=1e-6)
+        expect = np.maximum(rows_k.std(0), STD_FLOOR)
+        np.testing.assert_allclose(stats["std"][k, idx], expect, rtol=1e-4, atol=1e-6)
+    assert rows == 17
+    assert np.all(stats["std"][:, 7] == np.float32(STD_FLOOR))  # a never-moving joint stays active
+    unused = np.setdiff1d(np.arange(32), XR0_INDEX)
+    assert not stats["std"][:, unused].any() and not stats["mean"][:, unused].any()
+
+
+def test_a_sample_is_the_step_with_its_window_padded_and_masked(store, sources, proc):
+    ds = samples(sources, proc)
+    s = EpisodeStore(store)
+    i = 39 - 3  # episode 0 (40 steps), step 36: rows 0..3 real, 4..7 past the end
+    out = ds[(0, i, -1)]
+    assert out["valid"].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    actions = s.get(0, "action")
+    window = actions[np.minimum(np.arange(36, 36 + H), 39)]
+    np.testing.assert_array_equal(out["robot_actions"].numpy(), window)
+    state = s.get(0, "observation.state", 36)
+    raw = window[:, :].copy()
+    raw[:, REL] -= state[REL]
+    mean, std = (t[0].numpy() for t in proc.stats["aloha"])
+    idx = list(XR0_INDEX)
+    np.testing.assert_allclose(out["actions"].numpy()[:, idx], (raw - mean[:, idx]) / std[:, idx], rtol=1e-5)
+    assert out["state"].shape == (1, 32) and np.allclose(out["state"][0, idx].numpy(), state)
+    views = [
+        (label, s.get(0, f"observation.images.{c}", 36))
+        for label, c in zip(("Ego View", "Left-Wrist View"), CAMS, strict=True)
+    ]
+    expected = proc.encode("transfer the cube", views)
+    for key, value in expected.items():
+        assert torch.equal(out["inputs"][key], value), key
+
+
+def test_training_targets_and_inference_share_one_transform_chain(store, sources, proc, model):
+    """A training sample, run through the model and decoded the training way, equals XR0Policy.infer on
+    the same observation — and the targets decode back to the demonstrated actions."""
+    from xr0.boundary import PolicyObservation
+
+    s = EpisodeStore(store)
+    ds = samples(sources, proc)
+    out = ds[(0, 10, -1)]
+    batch = Collate(proc)([out])
+    mask = proc.get_action_mask("aloha")
+    with torch.no_grad():
+        ctx = model.encode(batch["inputs"])
+        x = sample_actions(model, ctx, batch["state"], mask, noise=seeded_noise(7, mask))
+    state = s.get(0, "observation.state", 10)
+    decoded = proc.decode_action(x, "aloha")[0].double().numpy()
+    ours = model_to_robot_actions(decoded, state, REL)
+    policy = XR0Policy(model, proc, XR0PolicyConfig(cameras=CAMS, seed=7))
+    images = {c: s.get(0, f"observation.images.{c}", 10) for c in CAMS}
+    obs = PolicyObservation(images=images, state=state, instruction="transfer the cube", t_ns=0)
+    np.testing.assert_array_equal(policy.infer(obs, np.zeros((0, 14))).actions, ours)
+    # the normalised targets decode (the policy's way) to the recorded actions
+    back = model_to_robot_actions(
+        proc.decode_action(out["actions"][None], "aloha")[0].double().numpy(), state, REL
+    )
+    np.testing.assert_allclose(back, s.get(0, "action")[10 : 10 + H], atol=1e-5)
+
+
+def test_augmentation_is_one_seeded_draw_for_all_views():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    cfg = AugmentConfig(prob=1.0)
+    a, b = augment_views([img, img.copy()], cfg, np.random.default_rng(5))
+    assert np.array_equal(a, b) and not np.array_equal(a, img)  # same draw for every view
+    again = augment_views([img], cfg, np.random.default_rng(5))[0]
+    other = augment_views([img], cfg, np.random.default_rng(6))[0]
+    assert np.array_equal(again, a) and not np.array_equal(other, a)
+    assert augment_views([img], AugmentConfig(enabled=False), rng)[0] is img
+    flat = np.full((8, 8, 3), 100, np.uint8)
+    bright = AugmentConfig(crop_scale=1.0, prob=1.0, contrast=(1, 1), saturation=(1, 1))
+    shifts = {
+        int(augment_views([flat], bright, np.random.default_rng(s))[0][0, 0, 0]) - 100 for s in range(50)
+    }
+    assert max(shifts) <= 33 and min(shifts) >= -33 and len(shifts) > 10  # ±32/255
+
+
+def test_augmented_samples_depend_only_on_their_sample_number(sources, proc):
+    ds = samples(sources, proc, augment=AugmentConfig(prob=1.0))
+    a, b, c = ds[(0, 5, 11)], ds[(0, 5, 11)], ds[(0, 5, 12)]
+    assert torch.equal(a["inputs"]["pixel_values"], b["inputs"]["pixel_values"])
+    assert not torch.equal(a["inputs"]["pixel_values"], c["inputs"]["pixel_values"])
+    assert torch.equal(a["actions"], c["actions"])  # targets are never augmented
+
+
+def test_mixture_schedule_covers_each_epoch_and_follows_the_weights():
+    single = MixtureSchedule([10], [1.0], seed=3)
+    for e in range(3):
+        assert sorted(single[g][1] for g in range(10 * e, 10 * e + 10)) == list(range(10))
+    assert [single[g] for g in range(10)] != [MixtureSchedule([10], [1.0], seed=4)[g] for g in range(10)]
+    mix = MixtureSchedule([10, 10], [1.0, 3.0], seed=0)
+    counts = np.bincount([mix[g][0] for g in range(200)], minlength=2)
+    assert counts.tolist() == [50, 150]
+
+
+def test_ranks_split_each_global_batch_into_contiguous_parts():
+    schedule = MixtureSchedule([50], [1.0], seed=0)
+    one = list(RankBatches(schedule, 8, 0, 1, 2, 5))
+    r0, r1 = list(RankBatches(schedule, 8, 0, 2, 2, 5)), list(RankBatches(schedule, 8, 1, 2, 2, 5))
+    assert [a + b for a, b in zip(r0, r1, strict=True)] == one
+    assert one[0][0][2] == 16  # step 2 starts at global sample 16
+
+
+def test_loader_workers_give_the_same_batches_as_one_process(sources, proc):
+    ds = samples(sources, proc, augment=AugmentConfig())
+    batches = list(RankBatches(MixtureSchedule([len(sources[0].train)], [1.0], 0), 4, 0, 1, 0, 3))
+    a = list(make_loader(ds, batches, num_workers=0))
+    b = list(make_loader(ds, batches, num_workers=2))
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x["inputs"]["pixel_values"], y["inputs"]["pixel_values"])
+        assert torch.equal(x["actions"], y["actions"]) and torch.equal(x["key"], y["key"])
+
+
+def test_bad_stores_are_one_sentence_each(tmp_path):
+    empty = tmp_path / "empty.zarr"
+    StoreWriter(empty, make_spec(codec="png"), fsync=False).close()
+    with pytest.raises(DataError, match="has no committed episodes"):
+        open_sources(DataConfig(datasets=(str(empty),)), CAMS)
+    one_cam = make_store(tmp_path / "one.zarr", lengths=(5,), cameras=("cam_high",))
+    with pytest.raises(DataError, match="no camera 'cam_left_wrist' \\(it has: cam_high\\)"):
+        open_sources(DataConfig(datasets=(str(one_cam),)), CAMS)
+    with pytest.raises(DataError, match="no dataset given"):
+        open_sources(DataConfig(), CAMS)
+    with pytest.raises(DataError, match="missing.zarr"):
+        open_sources(DataConfig(datasets=(str(tmp_path / "missing.zarr"),)), CAMS)
+    with pytest.raises(ValueError, match="data.weights has 2 entries for 1 datasets"):
+        DataConfig(datasets=("a",), weights=(1.0, 2.0))

@@ -1,0 +1,113 @@
+"""Training-time image augmentation for XR0 (spec §3.3, the [PT] training recipe).
+
+Per sample, one random draw is applied to every view (the views of one observation stay consistent):
+a random crop of `crop_scale` of the height and width, resized back to the original size; then colour
+jitter — brightness ±`brightness`, contrast and saturation factors in their ranges — each op applied
+with probability `prob`. Inference never augments: the deploy path sees the frames as they are.
+
+Everything is a function of the `numpy.random.Generator` passed in, so a sample's augmentation depends
+only on its seed (the trainer derives it from the run seed and the sample's global number): the same
+sample looks the same whatever the worker, the rank or a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    # Apply augmentation to training samples (never to held-out ones or at inference).
+    enabled: bool = True
+    # Side of the random crop as a fraction of each image side (0.95 official); 1 disables cropping.
+    crop_scale: float = 0.95
+    # Brightness shift range, in fractions of full scale (32/255 official).
+    brightness: float = 32 / 255
+    # Contrast factor range (blend with the image's mean grey).
+    contrast: tuple[float, float] = (0.5, 1.5)
+    # Saturation factor range (blend with the per-pixel grey).
+    saturation: tuple[float, float] = (0.5, 1.5)
+    # Probability of each colour op (brightness, contrast, saturation), drawn independently.
+    prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop_scale <= 1:
+            raise ValueError(f"augment.crop_scale must be in (0, 1], got {self.crop_scale}")
+        if not 0 <= self.brightness <= 1:
+            raise ValueError(f"augment.brightness must be in [0, 1], got {self.brightness}")
+        for name in ("contrast", "saturation"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"augment.{name} must be a range [low, high] with 0 <= low <= high")
+        if not 0 <= self.prob <= 1:
+            raise ValueError(f"augment.prob must be in [0, 1], got {self.prob}")
+
+
+@dataclass(frozen=True)
+class AugmentDraw:
+    """One sample's random choices, shared by all its views."""
+
+    crop: tuple[float, float] | None  # (top, left) offsets as fractions of the free margin, or None
+    brightness: float | None  # additive shift in [0, 1] units
+    contrast: float | None
+    saturation: float | None
+
+
+def draw_augment(config: AugmentConfig, rng: np.random.Generator) -> AugmentDraw:
+    """The random choices for one sample (always the same number of draws, so streams stay aligned)."""
+    u = rng.random(8)
+    crop = (float(u[0]), float(u[1])) if config.crop_scale < 1 else None
+    b = config.brightness * (2 * u[3] - 1) if u[2] < config.prob else None
+    (c_lo, c_hi), (s_lo, s_hi) = config.contrast, config.saturation
+    c = c_lo + (c_hi - c_lo) * u[5] if u[4] < config.prob else None
+    s = s_lo + (s_hi - s_lo) * u[7] if u[6] < config.prob else None
+    return AugmentDraw(
+        crop,
+        None if b is None else float(b),
+        None if c is None else float(c),
+        None if s is None else float(s),
+    )
+
+
+def _crop_resize(image: np.ndarray, scale: float, offset: tuple[float, float]) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
+    top, left = round(offset[0] * (h - ch)), round(offset[1] * (w - cw))
+    crop = image[top : top + ch, left : left + cw]
+    return np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR))
+
+
+def apply_augment(image: np.ndarray, draw: AugmentDraw, config: AugmentConfig) -> np.ndarray:
+    """One H×W×3 uint8 view under a draw → a new H×W×3 uint8 view."""
+    if draw.crop is not None:
+        image = _crop_resize(image, config.crop_scale, draw.crop)
+    if draw.brightness is None and draw.contrast is None and draw.saturation is None:
+        return image
+    x = image.astype(np.float32) / 255.0
+    if draw.brightness is not None:
+        x = np.clip(x + draw.brightness, 0, 1)
+    if draw.contrast is not None:
+        mean = float((x @ _LUMA).mean())
+        x = np.clip(mean + draw.contrast * (x - mean), 0, 1)
+    if draw.saturation is not None:
+        grey = (x @ _LUMA)[..., None]
+        x = np.clip(grey + draw.saturation * (x - grey), 0, 1)
+    return (x * 255 + 0.5).astype(np.uint8)
+
+
+def augment_views(
+    images: Sequence[np.ndarray], config: AugmentConfig, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """All views of one sample under one draw (views may differ in size: offsets are relative)."""
+    if not config.enabled:
+        return list(images)
+    draw = draw_augment(config, rng)
+    return [apply_augment(image, draw, config) for image in images]

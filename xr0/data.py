@@ -1,0 +1,355 @@
+"""The XR0 training data pipeline over episode stores (`recording.reader.EpisodeStore`, read API only).
+
+One sample per recorded step t: the configured camera views at t, the state at t, the episode's
+instruction and the T-step action window t…t+T−1. Windows that run past the episode's end are padded
+with the last action (the store's `window` rule) and those rows are **masked out of the loss** (`valid`
+is 0 there): every step — including the last second of an episode — is a training sample, and no made-up
+target is ever trained. (The official code keeps only steps with a full window; on 10-second episodes
+that drops a tenth of the data, the part where the arm settles.)
+
+The transform chain is the one `XR0Policy` runs at inference, built from the same functions
+(`VIEW_LABELS`, `XR0Processor.encode`, `to_xr0`, `robot_to_model_actions`, `normalize_action`;
+tests/xr0/test_data.py checks that a training sample decodes to exactly what the policy returns):
+views → labelled prompt → processor (resize to the checkpoint's pixel budget, patches); state → 32-wide
+layout, raw; actions → joints relative to the state at t, grippers absolute → 32-wide layout →
+per-timestep normalisation with statistics computed here from the training episodes and saved in the
+checkpoint (`action_config[robot_type]`, shape (T, 32), std 0 on unused dims).
+
+Sampling is a pure function of the run seed and the global sample number g (step × global batch +
+position), so the order, the augmentation and the split across ranks never depend on worker count,
+world size or a resume. Several stores are mixed with weights: each "epoch" of Σ N_k draws gives store k
+a share proportional to its weight, taken from its own stream of permutations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from recording.reader import EpisodeStore, SampleIndex
+from recording.schema import StoreError
+from xr0.augment import AugmentConfig, augment_views
+from xr0.policy import STATE_DIM, VIEW_LABELS, XR0_INDEX, robot_to_model_actions, to_xr0
+from xr0.processor import XR0Processor
+from xr0.train_config import DataConfig
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+IMAGE_PREFIX = "observation.images."
+# Smallest std of an active robot dim: a joint that never moves in the data must stay active (std > 1e-5
+# is what marks a dim active in the checkpoint), and its normalised values stay O(1).
+STD_FLOOR = 1e-3
+
+
+class DataError(ValueError):
+    """A dataset cannot be used for training; the message names the store and what is wrong."""
+
+
+# -- the transform chain (shared with XR0Policy.infer) ------------------------------------------------------
+def encode_views(
+    processor: XR0Processor, instruction: str, images: Mapping[str, np.ndarray], cameras: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The prompt inputs for one observation: each camera as its labelled view, in `cameras` order."""
+    return processor.encode(instruction, [(VIEW_LABELS[cam], images[cam]) for cam in cameras])
+
+
+def model_state(state: np.ndarray) -> torch.Tensor:
+    """(14,) robot state → (1, 32) raw model state (never normalised)."""
+    return torch.as_tensor(to_xr0(np.asarray(state, np.float64)), dtype=torch.float32)[None]
+
+
+def model_targets(
+    processor: XR0Processor, robot_type: str, actions: np.ndarray, state: np.ndarray, relative: np.ndarray
+) -> torch.Tensor:
+    """(T, 14) absolute actions and the (14,) state at the window start → (T, 32) normalised targets."""
+    raw = robot_to_model_actions(np.asarray(actions, np.float64), np.asarray(state, np.float64), relative)
+    return processor.normalize_action(torch.as_tensor(raw[None]), robot_type)[0]
+
+
+def action_statistics(windows: Sequence[tuple[np.ndarray, np.ndarray]], horizon: int, relative: np.ndarray):
+    """Per-timestep mean and std (T, 32) of the model's raw targets over every valid window row.
+
+    `windows`: (actions (n, 14), states (n, 14)) per episode. Unused dims get mean 0 and std 0 (masked);
+    active dims get at least `STD_FLOOR`. Returns {"mean", "std"} as float32 arrays and the row count.
+    """
+    total = np.zeros((horizon, 32))
+    total_sq = np.zeros((horizon, 32))
+    count = np.zeros((horizon, 1))
+    for actions, states in windows:
+        n = len(actions)
+        steps = np.arange(n)[:, None] + np.arange(horizon)[None, :]  # (n, T)
+        valid = steps < n
+        raw = robot_to_model_actions(actions[np.minimum(steps, n - 1)], states, relative)  # (n, T, 32)
+        raw = raw * valid[..., None]
+        total += raw.sum(0)
+        total_sq += (raw**2).sum(0)
+        count += valid.sum(0)[:, None]
+    if count.min() == 0:
+        raise DataError("no training window reaches the last chunk step; the episodes are empty")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    active = np.zeros(32, dtype=bool)
+    active[list(XR0_INDEX)] = True
+    mean = np.where(active, mean, 0.0)
+    std = np.where(active, np.maximum(std, STD_FLOOR), 0.0)
+    return {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}, int(count[0, 0])
+
+
+# -- stores, splits ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """One store with its train/held-out episodes."""
+
+    path: str
+    weight: float
+    train: SampleIndex
+    val: SampleIndex
+
+    def split(self, name: str) -> SampleIndex:
+        return self.train if name == "train" else self.val
+
+
+def open_store(path: str) -> EpisodeStore:
+    try:
+        return EpisodeStore(path)
+    except StoreError as e:
+        message = str(e)
+        raise DataError(message if str(path) in message else f"dataset {path}: {message}") from e
+
+
+def open_sources(config: DataConfig, cameras: Sequence[str]) -> list[Source]:
+    """Check every store (episodes, cameras, state/action arrays) and split off the held-out episodes."""
+    if not config.datasets:
+        raise DataError("no dataset given: pass --dataset PATH (a store recorded by `xr0 record`)")
+    weights = config.weights or (1.0,) * len(config.datasets)
+    sources = []
+    for path, weight in zip(config.datasets, weights, strict=True):
+        store = open_store(path)
+        if not store.episodes:
+            partial = f" ({len(store.partial)} partial; `xr0 dataset repair {path}`)" if store.partial else ""
+            raise DataError(
+                f"dataset {path} has no committed episodes{partial}; record some with `xr0 record`"
+            )
+        have = sorted(k.removeprefix(IMAGE_PREFIX) for k in store.image_keys)
+        for cam in cameras:
+            if IMAGE_PREFIX + cam not in store.key_specs:
+                raise DataError(
+                    f"dataset {path} has no camera {cam!r} (it has: {', '.join(have) or 'none'}); "
+                    "train with --cameras naming cameras it has"
+                )
+        for key in (STATE_KEY, ACTION_KEY):
+            spec = store.key_specs.get(key)
+            if spec is None or spec.shape != (STATE_DIM,):
+                raise DataError(
+                    f"dataset {path} has no {STATE_DIM}-wide {key!r} array; it is not a bimanual store"
+                )
+        for ep, task in zip(store.episodes, store.tasks, strict=True):
+            if not task.strip():
+                raise DataError(f"dataset {path}: episode {ep} has no task instruction")
+        episodes, lengths = list(store.episodes), [int(n) for n in store.lengths]
+        n_val = config.val_episodes if len(episodes) > config.val_episodes else 0
+        if config.val_episodes and not n_val:
+            log.warning("dataset %s has %d episode(s): none held out for evaluation", path, len(episodes))
+        cut = len(episodes) - n_val
+        sources.append(
+            Source(
+                path=path,
+                weight=float(weight),
+                train=SampleIndex.build(episodes[:cut], lengths[:cut]),
+                val=SampleIndex.build(episodes[cut:], lengths[cut:]),
+            )
+        )
+    return sources
+
+
+def source_windows(sources: Sequence[Source]):
+    """(actions, states) of every training episode, for the statistics."""
+    for source in sources:
+        store = open_store(source.path)
+        for ep in source.train.episodes.tolist():
+            yield store.get(ep, ACTION_KEY), store.get(ep, STATE_KEY)
+
+
+# -- sampling ---------------------------------------------------------------------------------------------
+class MixtureSchedule:
+    """Global sample number g → (source k, index i within its training split), from the seed alone.
+
+    Epoch e has E = Σ N_k draws: store k gets a share of E proportional to its weight (largest
+    remainder, at least one), taken from its own endless stream of seeded permutations, and the epoch's
+    draws are shuffled together.
+    """
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int) -> None:
+        self.sizes = [int(n) for n in sizes]
+        if not self.sizes or min(self.sizes) < 1:
+            raise DataError("every dataset needs at least one training sample")
+        self.seed = seed
+        total = sum(self.sizes)
+        share = np.asarray(weights, dtype=np.float64) / float(np.sum(weights)) * total
+        quotas = np.maximum(np.floor(share).astype(np.int64), 1)
+        for k in np.argsort(-(share - np.floor(share)))[: max(0, total - int(quotas.sum()))]:
+            quotas[k] += 1
+        self.quotas = quotas.tolist()
+        self.epoch_length = int(quotas.sum())
+        self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def _perm(self, k: int, cycle: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, 1, k, cycle]).permutation(self.sizes[k])
+
+    def epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        cached = self._epochs.get(e)
+        if cached is not None:
+            return cached
+        src, idx = [], []
+        for k, (n, q) in enumerate(zip(self.sizes, self.quotas, strict=True)):
+            draws = e * q + np.arange(q)
+            cycles, pos = draws // n, draws % n
+            picked = np.empty(q, dtype=np.int64)
+            for c in np.unique(cycles):
+                sel = cycles == c
+                picked[sel] = self._perm(k, int(c))[pos[sel]]
+            idx.append(picked)
+            src.append(np.full(q, k, dtype=np.int64))
+        order = np.random.default_rng([self.seed, 2, e]).permutation(self.epoch_length)
+        result = (np.concatenate(src)[order], np.concatenate(idx)[order])
+        self._epochs[e] = result
+        while len(self._epochs) > 2:
+            self._epochs.popitem(last=False)
+        return result
+
+    def __getitem__(self, g: int) -> tuple[int, int]:
+        src, idx = self.epoch(g // self.epoch_length)
+        p = g % self.epoch_length
+        return int(src[p]), int(idx[p])
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """This rank's part of each global batch, for steps start…stop−1: keys (source, index, g)."""
+
+    def __init__(
+        self, schedule: MixtureSchedule, global_batch: int, rank: int, world: int, start: int, stop: int
+    ):
+        self.schedule, self.global_batch = schedule, global_batch
+        self.local = global_batch // world
+        self.rank, self.start, self.stop = rank, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            first = step * self.global_batch + self.rank * self.local
+            yield [(*self.schedule[g], g) for g in range(first, first + self.local)]
+
+
+# -- samples ----------------------------------------------------------------------------------------------
+class TrainingSamples(torch.utils.data.Dataset):
+    """Keys (source, index, g) → one encoded sample. g ≥ 0 seeds the augmentation; g < 0: no augmentation.
+
+    Stores are opened lazily in whichever process reads (each loader worker opens its own)."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        processor: XR0Processor,
+        cameras: Sequence[str],
+        relative: np.ndarray,
+        horizon: int,
+        robot_type: str,
+        augment: AugmentConfig,
+        seed: int,
+        split: str = "train",
+    ) -> None:
+        self.sources = list(sources)
+        self.processor = processor
+        self.cameras = tuple(cameras)
+        self.relative = np.asarray(relative, dtype=bool)
+        self.horizon, self.robot_type = horizon, robot_type
+        self.augment, self.seed, self.split = augment, seed, split
+        self._stores: dict[int, EpisodeStore] = {}
+        self._pid = os.getpid()
+
+    def _store(self, k: int) -> EpisodeStore:
+        if self._pid != os.getpid():  # a forked worker: zarr handles are not shared across processes
+            self._stores, self._pid = {}, os.getpid()
+        if k not in self._stores:
+            self._stores[k] = open_store(self.sources[k].path)
+        return self._stores[k]
+
+    def __len__(self) -> int:
+        return sum(len(s.split(self.split)) for s in self.sources)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        k, i, g = key
+        store = self._store(k)
+        episode, t = self.sources[k].split(self.split).locate(i)
+        images = [store.get(episode, IMAGE_PREFIX + cam, t) for cam in self.cameras]
+        if g >= 0:
+            images = augment_views(images, self.augment, np.random.default_rng([self.seed, 3, g]))
+        state = store.get(episode, STATE_KEY, t)
+        actions, is_pad = store.window(episode, ACTION_KEY, t, self.horizon)
+        task = store.info(episode)["task"]
+        return {
+            "inputs": encode_views(
+                self.processor, task, dict(zip(self.cameras, images, strict=True)), self.cameras
+            ),
+            "state": model_state(state),  # (1, 32)
+            "actions": model_targets(self.processor, self.robot_type, actions, state, self.relative).float(),
+            "valid": torch.as_tensor(~is_pad, dtype=torch.float32),  # (T,)
+            "robot_state": torch.as_tensor(state, dtype=torch.float64),  # (14,) for the open-loop error
+            "robot_actions": torch.as_tensor(actions, dtype=torch.float64),  # (T, 14)
+            "key": torch.tensor([k, i, g]),
+        }
+
+
+class Collate:
+    """Batch samples: the processor pads the prompts; the rest is stacked."""
+
+    def __init__(self, processor: XR0Processor) -> None:
+        self.processor = processor
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = {"inputs": self.processor.collate([s["inputs"] for s in samples])}
+        for name in ("state", "actions", "valid", "robot_state", "robot_actions", "key"):
+            batch[name] = torch.stack([s[name] for s in samples])
+        return batch
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # the processor's tensor ops; the loader's parallelism is the workers
+
+
+def make_loader(
+    dataset: TrainingSamples, batches, num_workers: int, prefetch_factor: int = 2, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """A loader over `batches` (lists of keys, e.g. `RankBatches`), with worker processes when asked
+    (`pin_memory` for fast copies to a GPU)."""
+    kwargs: dict[str, Any] = {}
+    if num_workers:
+        kwargs = {
+            "num_workers": num_workers,
+            "prefetch_factor": prefetch_factor,
+            "worker_init_fn": _worker_init,
+            "persistent_workers": False,
+        }
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, collate_fn=Collate(dataset.processor), pin_memory=pin_memory, **kwargs
+    )
+
+
+def eval_keys(sources: Sequence[Source], split: str, count: int) -> list[tuple[int, int, int]]:
+    """`count` samples spread evenly over a split's steps (deterministic; no augmentation)."""
+    flat = [(k, i) for k, s in enumerate(sources) for i in range(len(s.split(split)))]
+    if not flat or not count:
+        return []
+    picks = np.linspace(0, len(flat) - 1, num=min(count, len(flat))).round().astype(int)
+    return [(*flat[p], -1) for p in picks]

@@ -1,0 +1,164 @@
+"""Configuration of XR0 fine-tuning (config.yaml `train:`): the recipe, the data and the augmentation.
+
+Plain frozen dataclasses without torch, so the app can load config.yaml quickly; the trainer
+(`xr0.train`) and the data pipeline (`xr0.data`) read them. Defaults follow the official post-training
+recipe (spec §5.2); docs/training.md explains each knob.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from xr0.augment import AugmentConfig
+
+# Cameras a model can read, and the prompt label of each (the same table as xr0.policy.VIEW_LABELS).
+CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist", "cam_low")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Episode stores to train on (paths; several are mixed by `weights`).
+    datasets: tuple[str, ...] = ()
+    # Sampling weight of each store (empty: all 1). A store with weight 2 is drawn twice as often per step.
+    weights: tuple[float, ...] = ()
+    # Cameras the model reads, in prompt order; empty = the app's cameras (config.yaml `cameras`), which is
+    # also what `xr0 rollout` feeds the policy.
+    cameras: tuple[str, ...] = ()
+    # Actions per training window = the chunk length T of the checkpoint (30 = 1 s at 30 Hz).
+    horizon: int = 30
+    # Episodes of each store held out for evaluation (the last N; a store with fewer episodes gives none).
+    val_episodes: int = 1
+    # Samples (held-out, and training) on which each eval measures the open-loop action error.
+    eval_samples: int = 32
+    # Loader worker processes per rank (0: load in the training process).
+    num_workers: int = 2
+    # Batches each worker prepares ahead.
+    prefetch_factor: int = 4
+    # Key of the statistics in the checkpoint; `XR0Policy` reads "aloha".
+    robot_type: str = "aloha"
+
+    def __post_init__(self) -> None:
+        if self.weights and len(self.weights) != len(self.datasets):
+            raise ValueError(
+                f"data.weights has {len(self.weights)} entries for {len(self.datasets)} datasets; give one per dataset"
+            )
+        if any(not w > 0 for w in self.weights):
+            raise ValueError(f"data.weights must all be > 0, got {list(self.weights)}")
+        for cam in self.cameras:
+            if cam not in CAMERAS:
+                raise ValueError(f"data.cameras: unknown camera {cam!r}; cameras are {', '.join(CAMERAS)}")
+        if self.horizon < 2:
+            raise ValueError(f"data.horizon must be >= 2, got {self.horizon}")
+        for name in ("val_episodes", "eval_samples", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if self.prefetch_factor < 1:
+            raise ValueError(f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Starting point: tiny | full-random (new random weights) | a checkpoint directory | a Hub id (fetched only
+    # because you named it). Released checkpoints switch to the post-training mask (`dit_mask`).
+    init: str = "tiny"
+    # frozen-vlm: train the action head only (the cheap default); full: everything but the input embeddings,
+    # gradient checkpointing on the vision tower; lora: not available in this version.
+    mode: Literal["frozen-vlm", "full", "lora"] = "frozen-vlm"
+    # Asynchronous post-training: clean action prefixes, prefix-column masking, online L1 reweighting.
+    async_train: bool = False
+    # Longest clean prefix drawn in async training (official 6); saved as the checkpoint's max_prefix.
+    max_prefix: int = 6
+    # Probability of hiding each early prefix column from the noisy rows (official 0.5).
+    prefix_mask_prob: float = 0.5
+    # Clamp of the online L1 loss weights (official [0.5, 5]).
+    reweight_clamp: tuple[float, float] = (0.5, 5.0)
+    # DiT self-attention: band (the Λ mask of post-training) | causal (the released checkpoints' path).
+    dit_mask: Literal["band", "causal"] = "band"
+    # DiT passes per VLM pass, each with its own noise and time (official 4).
+    training_repeat: int = 4
+    # Weight of the frequency-domain loss (official 1; 0 disables it).
+    freq_loss_weight: float = 1.0
+    # Optimiser steps; the cosine schedule ends here.
+    steps: int = 30000
+    # Stop (and save) after this many minutes of training, even before `steps`; null: no limit.
+    max_minutes: float | None = None
+    # Global batch (split evenly over torchrun processes); official 16 per GPU × 8 GPUs.
+    batch_size: int = 32
+    # Peak learning rate after warm-up (official 1e-4).
+    lr: float = 1e-4
+    # Learning rate at the start of warm-up and at the end of the cosine (official 5e-7).
+    min_lr: float = 5e-7
+    # Linear warm-up steps (official 2000); capped at a tenth of `steps` for short runs.
+    warmup_steps: int = 2000
+    # AdamW weight decay (not on biases, norms, AdaLN tables).
+    weight_decay: float = 0.1
+    # AdamW betas (official 0.9, 0.95).
+    betas: tuple[float, float] = (0.9, 0.95)
+    # AdamW epsilon.
+    eps: float = 1e-8
+    # Gradient clipping by global norm (0 disables).
+    grad_clip: float = 1.0
+    # EMA of the trainable weights, saved as the checkpoint's weights (0 = off; e.g. 0.999).
+    ema_decay: float = 0.0
+    # auto: bf16 autocast on a GPU, fp32 on the CPU; bf16 | fp32 force it.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # full mode: recompute the vision tower's activations in backward (saves memory).
+    gradient_checkpointing: bool = True
+    # With several processes: ddp (replicas) | fsdp (sharded; for `full` on the 4.7 B model) | auto (= ddp).
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    # auto | cpu | cuda | cuda:N (under torchrun each rank takes cuda:LOCAL_RANK).
+    device: str = "auto"
+    # Image budget of new checkpoints in pixels per view (multiples of 32; 90000 official); null keeps an
+    # initial checkpoint's own. Small values (e.g. 4096) make tiny CPU runs fast.
+    max_pixels: int | None = None
+    # Seed of the model init (new models), the data order, augmentation and every flow draw.
+    seed: int = 42
+    # Metrics every N steps (JSONL, TensorBoard, progress bar).
+    log_every: int = 10
+    # Open-loop action error every N steps (and at the end); 0 = only at the end.
+    eval_every: int = 500
+    # Checkpoint every N steps (and at the end); 0 = only at the end.
+    save_every: int = 1000
+    # Periodic checkpoints kept (the newest N; 0 = all).
+    keep_checkpoints: int = 3
+    # Stores, cameras, chunk length, held-out episodes, loader workers.
+    data: DataConfig = field(default_factory=DataConfig)
+    # Training image augmentation.
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "training_repeat", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "save_every", "keep_checkpoints", "max_prefix"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"train.max_minutes must be > 0 (or null), got {self.max_minutes}")
+        if not 0 < self.min_lr <= self.lr:
+            raise ValueError(f"train.min_lr must be in (0, lr={self.lr}], got {self.min_lr}")
+        lo, hi = self.reweight_clamp
+        if not 0 < lo <= 1 <= hi:
+            raise ValueError(
+                f"train.reweight_clamp must be [low <= 1, high >= 1], got {list(self.reweight_clamp)}"
+            )
+        if not 0 <= self.prefix_mask_prob <= 1:
+            raise ValueError(f"train.prefix_mask_prob must be in [0, 1], got {self.prefix_mask_prob}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.freq_loss_weight < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("train.freq_loss_weight, weight_decay and grad_clip must be >= 0")
+        if self.max_pixels is not None and self.max_pixels < 1024:
+            raise ValueError(f"train.max_pixels must be >= 1024 (one 32×32 patch), got {self.max_pixels}")
+        if self.async_train and self.dit_mask != "band":
+            raise ValueError(
+                "train.async_train needs dit_mask: band (the prefix is trained under the Λ mask)"
+            )
+        if self.async_train and self.max_prefix < 1:
+            raise ValueError("train.async_train needs max_prefix >= 1")
+        if self.mode == "lora":
+            raise ValueError(
+                "train.mode lora is not available in this version (it would need peft); use frozen-vlm or full"
+            )
