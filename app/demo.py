@@ -93,7 +93,7 @@ def train_stage(args, path: Path, out: Path, minutes: float, quick: bool) -> dic
     from app.cli import main as xr0
 
     argv = ["train", "--robot", "sim", "--dataset", str(path), "--variant", "tiny", "--async-train"]
-    argv += ["--out", str(out), "--max-minutes", str(minutes), "--steps", "100000"]
+    argv += ["--out", str(out), "--max-minutes", str(minutes), "--steps", "1500", "--warmup-steps", "100"]
     argv += ["--batch-size", "8", "--lr", "1e-3", "--max-pixels", "4096", "--val-episodes", "1"]
     if args.config:
         argv += ["--config", args.config]

@@ -38,6 +38,7 @@ STATE_DIM = 14
 XR0_INDEX: tuple[int, ...] = (7, 8, 9, 10, 11, 12, 6, 21, 22, 23, 24, 25, 26, 20)
 # Joints relative to the observation, grippers absolute (the openpi/ALOHA convention).
 RELATIVE_JOINTS: tuple[bool, ...] = (True,) * 6 + (False,) + (True,) * 6 + (False,)
+GRIPPER_INDICES = (6, 13)  # the two grippers in the 14-wide robot vector (drivers.joints order)
 # Camera name → the view label the prompt uses ([PT] data format: Ego, Left-Wrist, Right-Wrist).
 VIEW_LABELS: dict[str, str] = {
     "cam_high": "Ego View",
@@ -225,6 +226,9 @@ class XR0Policy:
             t3 = _sync(device)
         decoded = proc.decode_action(x, rt)[0].cpu().double().numpy()  # (T, 32) robot units
         actions = model_to_robot_actions(decoded, state, self.relative)  # (T, 14) absolute
+        # A gripper target is a fraction of the opening by definition: a decoded 1.04 means "open".
+        # (Joint targets are not clipped: out-of-range joints are the runner's safety check to reject.)
+        actions[:, list(GRIPPER_INDICES)] = np.clip(actions[:, list(GRIPPER_INDICES)], 0.0, 1.0)
         actions[:P] = prefix  # the model kept them fixed; copy them so they are bit-identical
         t4 = time.perf_counter()
         timing = {

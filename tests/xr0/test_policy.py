@@ -72,6 +72,7 @@ def test_chunk_matches_the_model_run_by_hand(policy, model, processor):
             processor.get_action_mask("aloha"), torch.tensor(target, dtype=torch.float32), seed=observation_seed(obs, prefix),
         )  # fmt: skip
     by_hand = x[0].double().numpy()[:, idx] * std[:, idx] + mean[:, idx] + relative * obs.state
+    by_hand[P:, [6, 13]] = np.clip(by_hand[P:, [6, 13]], 0.0, 1.0)  # grippers are fractions: clipped to 0..1
     np.testing.assert_allclose(
         chunk.actions, by_hand, rtol=1e-5, atol=1e-5
     )  # prefix rows included: round trip
