@@ -2,6 +2,7 @@
 
 scripted          the simulator's scripted demonstrator as a chunk policy (app/scripted_policy.py)
 hold              keeps the arms where they are (checks a set-up end to end, on any robot)
+random            a random walk within the joint limits: the baseline a learned policy must beat
 ws://HOST:PORT    a policy behind `xr0 serve` (app/policy_client.py)
 PATH              an XR0 checkpoint directory, run in-process (`load_checkpoint`)
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.errors import CliError
-from app.scripted_policy import HoldPolicy, ScriptedChunkPolicy
+from app.scripted_policy import HoldPolicy, RandomPolicy, ScriptedChunkPolicy
 from drivers.clock import SimClock
 from xr0.boundary import Policy
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from app.compose import Rig
     from app.config import AppConfig
 
-BUILT_IN = ("scripted", "hold")
+BUILT_IN = ("scripted", "hold", "random")
 
 
 def load_checkpoint(path: Path, config: AppConfig) -> Policy:
@@ -58,6 +59,12 @@ def open_policy(source: str, config: AppConfig, rig: Rig | None) -> Policy:
         return ScriptedChunkPolicy(
             rig.teleop, config.policy.scripted, fps=fps, sleep=not isinstance(rig.clock, SimClock)
         )
+    if source == "random":
+        if rig is None:
+            raise CliError(
+                "the random policy needs the robot's joint limits: run it with a robot (--robot …)"
+            )
+        return RandomPolicy(rig.robot.limits(), config.policy.scripted.chunk_length, fps=fps)
     if source == "hold":
         scripted = config.policy.scripted
         return HoldPolicy(scripted.chunk_length, scripted.max_prefix, fps=fps)

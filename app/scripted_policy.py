@@ -165,3 +165,33 @@ class HoldPolicy:
         actions = np.repeat(last.reshape(1, STATE_DIM), self.spec.chunk_length, axis=0)
         actions[: len(prefix)] = prefix
         return Chunk(actions, timing_ms={"total": (time.perf_counter() - t0) * 1e3})
+
+
+class RandomPolicy:
+    """The baseline a learned policy must beat: each chunk is a random walk from where the arms are
+    (joints ±`step_rad` per tick, grippers a random opening), inside the robot's joint limits."""
+
+    def __init__(
+        self,
+        limits: np.ndarray,
+        chunk_length: int = 30,
+        fps: float = 30.0,
+        seed: int = 0,
+        step_rad: float = 0.03,
+    ):
+        self.spec = PolicySpec(cameras=(), chunk_length=chunk_length, max_prefix=6, fps=fps)
+        self.limits = np.asarray(limits, dtype=np.float64)
+        self.step_rad = step_rad
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+
+    def infer(self, observation: PolicyObservation, prefix: np.ndarray) -> Chunk:
+        t0 = time.perf_counter()
+        start = prefix[-1] if len(prefix) else np.asarray(observation.state, dtype=np.float64)
+        n = self.spec.chunk_length - len(prefix)
+        with self._lock:
+            walk = start + np.cumsum(self._rng.normal(0.0, self.step_rad, (n, STATE_DIM)), axis=0)
+            walk[:, [6, 13]] = self._rng.uniform(0.0, 1.0, 2)
+        walk = np.clip(walk, self.limits[:, 0], self.limits[:, 1])
+        actions = np.concatenate([np.asarray(prefix, dtype=np.float64).reshape(-1, STATE_DIM), walk])
+        return Chunk(actions, timing_ms={"total": (time.perf_counter() - t0) * 1e3})
