@@ -289,6 +289,12 @@ def verify(dataset: Path, root: Path) -> dict[str, Any]:
     }
 
 
+def _report(obj: dict[str, Any]) -> None:
+    """The bridge's answer to `app.lerobot_env`: one JSON object, the last line on stdout."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     p = argparse.ArgumentParser(prog="python -m recording.lerobot_bridge")
@@ -314,13 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report = verify(args.dataset, args.lerobot)
     except (BridgeError, StoreError) as err:
-        print(json.dumps({"error": str(err)}))
+        _report({"error": str(err)})
         return 1
     except Exception as err:  # noqa: BLE001 - lerobot/SDK failures: report them as one sentence
         log.exception("the LeRobot bridge failed")
-        print(json.dumps({"error": f"{args.cmd} failed inside lerobot: {type(err).__name__}: {err}"}))
+        _report({"error": f"{args.cmd} failed inside lerobot: {type(err).__name__}: {err}"})
         return 1
-    print(json.dumps(report))
+    _report(report)
     return 0
 
 
