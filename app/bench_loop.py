@@ -60,6 +60,7 @@ class TinyTorchPolicy:
 
         self.torch = torch
         self.spec = PolicySpec(cameras=(camera,), chunk_length=chunk_length, max_prefix=max_prefix, fps=fps)
+        self._threads_before = torch.get_num_threads()
         torch.set_num_threads(threads)  # on a 2-core machine, one core stays with the control loop
         torch.manual_seed(0)
         nn = torch.nn
@@ -72,6 +73,10 @@ class TinyTorchPolicy:
         self.head = nn.Sequential(nn.Linear(64 * 16 + 14, 512), nn.ReLU(), nn.Linear(512, chunk_length * 14))
         self.vision.eval()
         self.head.eval()
+
+    def close(self) -> None:
+        """Give the process its torch thread count back (the setting is process-wide)."""
+        self.torch.set_num_threads(self._threads_before)
 
     def infer(self, observation: PolicyObservation, prefix: np.ndarray) -> Chunk:
         torch = self.torch
@@ -129,6 +134,7 @@ def run_once(
     rig = build_sim_rig(config)
     publisher = Publisher()
     recorder, note = None, "off"
+    policy = None
     try:
         cams = list(rig.robot.cameras)
         policy = TinyTorchPolicy(cams[0], threads=threads) if inference and cams else HoldPolicy()
@@ -147,6 +153,8 @@ def run_once(
                 note = f"recorder: {recorder.recorder.alarm or recorder.recorder.error}"
     finally:
         rig.close()
+        if policy is not None and hasattr(policy, "close"):
+            policy.close()
     st = runner.stats
     lat = np.asarray(st.lateness_ns, dtype=np.float64) / 1e6
     grid = report.ticks
