@@ -80,11 +80,18 @@ class VizConfig:
     queue_size: int = 64
 
 
+def default_cameras() -> dict[str, CameraConfig]:
+    """The ALOHA's three cameras at 320×240 (what config.yaml lists; serials are set per lab)."""
+    return {
+        name: CameraConfig(type="realsense") for name in ("cam_high", "cam_left_wrist", "cam_right_wrist")
+    }
+
+
 @dataclass(frozen=True)
 class AppConfig:
     robot: RobotConfig = field(default_factory=RobotConfig)
     # Cameras by name (cam_high, cam_left_wrist, cam_right_wrist, optional cam_low).
-    cameras: dict[str, CameraConfig] = field(default_factory=dict)
+    cameras: dict[str, CameraConfig] = field(default_factory=default_cameras)
     control: ControlConfig = field(default_factory=ControlConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
