@@ -150,7 +150,8 @@ def test_training_targets_and_inference_share_one_transform_chain(store, sources
     policy = XR0Policy(model, proc, XR0PolicyConfig(cameras=CAMS, seed=7))
     images = {c: s.get(0, f"observation.images.{c}", 10) for c in CAMS}
     obs = PolicyObservation(images=images, state=state, instruction="transfer the cube", t_ns=0)
-    ours[:, [6, 13]] = np.clip(ours[:, [6, 13]], 0.0, 1.0)  # the policy's one step more: grippers are fractions
+    # the policy's one step more: grippers are fractions
+    ours[:, [6, 13]] = np.clip(ours[:, [6, 13]], 0.0, 1.0)
     np.testing.assert_array_equal(policy.infer(obs, np.zeros((0, 14))).actions, ours)
     # the normalised targets decode (the policy's way) to the recorded actions
     back = model_to_robot_actions(
