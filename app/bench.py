@@ -1,6 +1,6 @@
 """`xr0 bench …`: measurements that print a one-line JSON summary last (numbers, not hopes).
 
-`BENCHES` is the table of benchmarks: name -> (help, module, or None with the capability still missing).
+`BENCHES` is the table of benchmarks: name -> (help, module implementing it).
 A benchmark module has `add_bench_arguments(parser)` and `bench(args, config) -> dict`.
 """
 
@@ -15,7 +15,6 @@ from dataclasses import replace
 
 from app.compose import build_sim_rig
 from app.config import AppConfig
-from app.errors import NotBuilt
 from app.teleop import TeleopSession
 from drivers.camera import CameraConfig
 
@@ -81,16 +80,16 @@ def bench_sim(
 
 
 # -- command line: `xr0 bench NAME` -------------------------------------------------------------------------
-BENCHES: dict[str, tuple[str, str | None, str]] = {
-    "sim": ("simulator loop rate with 0/1/3 cameras; scripted teleoperator success", "app.bench", ""),
-    "bus": ("Dynamixel sync read+write cycle through the bus emulator", "app.bench_bus", ""),
-    "cameras": ("frame arrival to observation latency, CPU per frame", "app.bench_cameras", ""),
-    "loop": ("30 Hz loop lateness with inference and recording", "app.bench_loop", ""),
-    "recorder": ("sustained recording throughput and loop impact", "app.bench_recorder", ""),
-    "loader": ("training samples per second from a store", "app.bench_loader", ""),
-    "train": ("training step time and memory", "app.bench_train", ""),
-    "inference": ("XR0 chunk latency, VLM prefill vs DiT steps", "app.bench_inference", ""),
-    "async": ("async vs sync vs async-naive in the simulator", "app.bench_async", ""),
+BENCHES: dict[str, tuple[str, str]] = {
+    "sim": ("simulator loop rate with 0/1/3 cameras; scripted teleoperator success", "app.bench"),
+    "bus": ("Dynamixel sync read+write cycle through the bus emulator", "app.bench_bus"),
+    "cameras": ("frame arrival to observation latency, CPU per frame", "app.bench_cameras"),
+    "loop": ("30 Hz loop lateness with inference and recording", "app.bench_loop"),
+    "recorder": ("sustained recording throughput and loop impact", "app.bench_recorder"),
+    "loader": ("training samples per second from a store", "app.bench_loader"),
+    "train": ("training step time and memory", "app.bench_train"),
+    "inference": ("XR0 chunk latency, VLM prefill vs DiT steps", "app.bench_inference"),
+    "async": ("async vs sync vs async-naive in the simulator", "app.bench_async"),
 }
 
 
@@ -109,7 +108,7 @@ def add_arguments(p) -> None:
     from app.cli import add_common
 
     sub = p.add_subparsers(dest="bench", metavar="{" + ",".join(BENCHES) + "}", required=True)
-    for name, (help_text, module_name, _) in BENCHES.items():
+    for name, (help_text, module_name) in BENCHES.items():
         b = sub.add_parser(name, help=help_text, description=help_text)
         add_common(b, nested=True)
         if module_name is not None:
@@ -117,9 +116,7 @@ def add_arguments(p) -> None:
 
 
 def run(args, config: AppConfig) -> int:
-    _, module_name, missing = BENCHES[args.bench]
-    if module_name is None:
-        raise NotBuilt(f"xr0 bench {args.bench} is not available yet: it needs {missing}")
+    _, module_name = BENCHES[args.bench]
     result = importlib.import_module(module_name).bench(args, config)
     print(json.dumps(result))
     return 0

@@ -1,8 +1,7 @@
 """`xr0` — the command line (DESIGN.md §9).
 
 Every command reads config.yaml (or `--config PATH`), accepts `--robot sim|aloha|aloha-emulated`, and
-fails with one sentence naming the field, file or device at fault (exit 1). Commands whose capability is
-not built yet say which one is missing and exit 2.
+fails with one sentence naming the field, file or device at fault (exit 1).
 
 Each command lives in a module with `add_arguments(parser)` and `run(args, config) -> int`, listed in
 `COMMANDS` below (an explicit table; heavy imports such as torch stay inside `run`).
@@ -18,29 +17,24 @@ import sys
 
 from app.config import ROBOT_TYPES, load_config
 from app.configload import ConfigError
-from app.errors import CliError, NotBuilt
+from app.errors import CliError
 from drivers.errors import DeviceError
 
-# name -> (help, module implementing it, or None with the capability it still needs)
-COMMANDS: dict[str, tuple[str, str | None, str]] = {
-    "doctor": ("check packages, rendering, USB/serial, cameras, GPU and disk", "app.doctor", ""),
-    "cameras": ("list connected cameras (serial, model, firmware, USB)", "app.cameras", ""),
-    "teleop": ("drive the followers from the leaders (sim: the scripted teleoperator)", "app.teleop", ""),
-    "record": ("record teleoperated episodes into a Zarr store", "app.record", ""),
-    "replay": ("play an episode's actions back on the robot", "app.replay", ""),
-    "dataset": ("inspect, validate, repair, convert and view datasets", "app.dataset_cli", ""),
-    "train": ("fine-tune XR0 on recorded episodes", "app.train_cli", ""),
-    "serve": ("serve a policy over the network", "app.policy_server", ""),
-    "rollout": ("run a policy on the robot at 30 Hz", "app.rollout", ""),
-    "calibrate": ("calibrate the Dynamixel arms (writes robot.arms.NAME.calibration)", "app.calibrate", ""),
-    "bench": ("benchmarks; each prints a one-line JSON summary last", "app.bench", ""),
-    "model": ("model information", "app.model_cli", ""),
-    "demo": ("the whole lab loop on the simulator (the README's main job)", "app.demo", ""),
-}
-# Sub-commands of commands that are not built yet, so `--help` shows the product's whole surface.
-PLANNED_SUBCOMMANDS = {
-    "dataset": ("info", "validate", "repair", "stats", "export-lerobot", "import-lerobot", "view"),
-    "model": ("info",),
+# name -> (help, module implementing it)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("check packages, rendering, USB/serial, cameras, GPU and disk", "app.doctor"),
+    "cameras": ("list connected cameras (serial, model, firmware, USB)", "app.cameras"),
+    "teleop": ("drive the followers from the leaders (sim: the scripted teleoperator)", "app.teleop"),
+    "record": ("record teleoperated episodes into a Zarr store", "app.record"),
+    "replay": ("play an episode's actions back on the robot", "app.replay"),
+    "dataset": ("inspect, validate, repair, convert and view datasets", "app.dataset_cli"),
+    "train": ("fine-tune XR0 on recorded episodes", "app.train_cli"),
+    "serve": ("serve a policy over the network", "app.policy_server"),
+    "rollout": ("run a policy on the robot at 30 Hz", "app.rollout"),
+    "calibrate": ("calibrate the Dynamixel arms (writes robot.arms.NAME.calibration)", "app.calibrate"),
+    "bench": ("benchmarks; each prints a one-line JSON summary last", "app.bench"),
+    "model": ("model information", "app.model_cli"),
+    "demo": ("the whole lab loop on the simulator (the README's main job)", "app.demo"),
 }
 
 
@@ -55,34 +49,18 @@ def add_common(p: argparse.ArgumentParser, nested: bool = False) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=unset or False, help="debug logging")
 
 
-def _not_built(what: str):
-    def run(args: argparse.Namespace, config) -> int:
-        sub = f" {args.sub}" if getattr(args, "sub", None) else ""
-        raise NotBuilt(
-            f"xr0 {args.command}{sub} is not available yet: it needs {what}, which this version does not include"
-        )
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xr0",
         description="Teleop data collection, XR0 fine-tuning and asynchronous rollouts for bimanual ALOHA-class robots.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, module_name, missing) in COMMANDS.items():
+    for name, (help_text, module_name) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_common(p)
-        if module_name is None:
-            if name in PLANNED_SUBCOMMANDS:
-                choices = PLANNED_SUBCOMMANDS[name]
-                p.add_argument("sub", choices=choices, metavar="{" + ",".join(choices) + "}")
-            p.set_defaults(func=_not_built(missing))
-        else:
-            module = importlib.import_module(module_name)
-            module.add_arguments(p)
-            p.set_defaults(func=module.run)
+        module = importlib.import_module(module_name)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
     return parser
 
 
@@ -103,9 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.robot)
         return args.func(args, config)
-    except NotBuilt as e:
-        print(f"{name}: {e}", file=sys.stderr)
-        return 2
     except (CliError, ConfigError, DeviceError) as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 1
