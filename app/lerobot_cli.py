@@ -19,6 +19,7 @@ def add_export_arguments(p) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--video", dest="images", action="store_false", help="cameras as AV1 videos (default)")
     fmt.add_argument("--images", dest="images", action="store_true", help="cameras as PNG images")
+    p.set_defaults(images=False)  # videos, LeRobot's usual format (two actions share `images`: say it once)
 
 
 def add_import_arguments(p) -> None:

@@ -53,6 +53,7 @@ def test_export_load_with_lerobot_and_import_back(recorded, capsys):
         == 0
     )
     assert "exported 2 episode(s), 240 frames" in capsys.readouterr().out
+    assert (out / "videos").is_dir()  # LeRobot's usual format by default: AV1 videos
 
     # lerobot's own reader, in its own environment: every state/action value exact (as float32, LeRobot's
     # dtype), images within the AV1 codec's error, the tasks and rate as recorded.
