@@ -406,13 +406,7 @@ class DynamixelBus:
             if result != COMM_SUCCESS:
                 out.result = result
                 return out
-            for motor_id in ids:
-                data, result, error = self._call(ph.readRx, port, motor_id, length)
-                if result != COMM_SUCCESS:
-                    out.motor_id, out.result = motor_id, result
-                    return out
-                out.replies[motor_id] = Reply(bytes(data), error)
-            return out
+            return self._collect(out, [(motor_id, length) for motor_id in ids])
 
         return self._retry(attempt, deadline_ns, "sync read", len(ids))
 
@@ -430,15 +424,21 @@ class DynamixelBus:
             if result != COMM_SUCCESS:
                 out.result = result
                 return out
-            for motor_id, (_, length) in items.items():
-                data, result, error = self._call(ph.readRx, port, motor_id, length)
-                if result != COMM_SUCCESS:
-                    out.motor_id, out.result = motor_id, result
-                    return out
-                out.replies[motor_id] = Reply(bytes(data), error)
-            return out
+            return self._collect(out, [(motor_id, length) for motor_id, (_, length) in items.items()])
 
         return self._retry(attempt, deadline_ns, "bulk read", len(items))
+
+    def _collect(self, out: _Attempt, expected: list[tuple[int, int]]) -> _Attempt:
+        """Read each motor's status packet after a group request, keeping its error byte (the SDK's group
+        readers drop it); stops at the first motor that does not answer cleanly."""
+        port, ph = self._require()
+        for motor_id, length in expected:
+            data, result, error = self._call(ph.readRx, port, motor_id, length)
+            if result != COMM_SUCCESS:
+                out.motor_id, out.result = motor_id, result
+                return out
+            out.replies[motor_id] = Reply(bytes(data), error)
+        return out
 
     def _retry(self, attempt, deadline_ns: int, what: str, n_answers: int) -> dict[int, Reply]:
         port, _ = self._require()
