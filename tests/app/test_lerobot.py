@@ -32,23 +32,17 @@ def recorded(tmp_path_factory):
     return tmp, cfg, src
 
 
+def lerobot_cli(kind: str, *args: str) -> int:
+    """`xr0 dataset export-lerobot|import-lerobot ARGS`, in-process."""
+    return main(["dataset", f"{kind}-lerobot", *args])
+
+
 def test_export_load_with_lerobot_and_import_back(recorded, capsys):
     tmp, cfg, src = recorded
     out = tmp / "lerobot"
     assert (
-        main(
-            [
-                "dataset",
-                "export-lerobot",
-                "--config",
-                str(cfg),
-                "--dataset",
-                str(src),
-                "--out",
-                str(out),
-                "--repo-id",
-                "lab/sim",
-            ]
+        lerobot_cli(
+            "export", "--config", str(cfg), "--dataset", str(src), "--out", str(out), "--repo-id", "lab/sim"
         )
         == 0
     )
@@ -87,36 +81,22 @@ def test_export_load_with_lerobot_and_import_back(recorded, capsys):
 def test_bad_paths_and_unrepresentable_features_are_one_sentence(recorded, tmp_path, capsys):
     _, cfg, src = recorded
     assert (
-        main(
-            [
-                "dataset",
-                "export-lerobot",
-                "--config",
-                str(cfg),
-                "--dataset",
-                str(tmp_path / "nope.zarr"),
-                "--out",
-                str(tmp_path / "o"),
-                "--repo-id",
-                "a/b",
-            ]
+        lerobot_cli(
+            "export",
+            "--config",
+            str(cfg),
+            "--dataset",
+            str(tmp_path / "nope.zarr"),
+            "--out",
+            str(tmp_path / "o"),
+            "--repo-id",
+            "a/b",
         )
         == 1
     )
     assert "does not exist" in capsys.readouterr().err
     assert (
-        main(
-            [
-                "dataset",
-                "import-lerobot",
-                "--config",
-                str(cfg),
-                "--src",
-                str(tmp_path),
-                "--out",
-                str(tmp_path / "y.zarr"),
-            ]
-        )
+        lerobot_cli("import", "--config", str(cfg), "--src", str(tmp_path), "--out", str(tmp_path / "y.zarr"))
         == 1
     )
     assert "is not a LeRobot dataset (no meta/info.json)" in capsys.readouterr().err
