@@ -18,6 +18,7 @@ import sys
 from app.config import ROBOT_TYPES, load_config
 from app.configload import ConfigError
 from app.errors import CliError
+from app.threads import configure_command
 from drivers.errors import DeviceError
 
 # name -> (help, module implementing it)
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fine-tune XR0 on recorded episodes", "app.train_cli"),
     "serve": ("serve a policy over the network", "app.policy_server"),
     "rollout": ("run a policy on the robot at 30 Hz", "app.rollout"),
+    "eval": ("closed-loop evaluation on held-out simulator seeds", "app.eval_cli"),
     "calibrate": ("calibrate the Dynamixel arms (writes robot.arms.NAME.calibration)", "app.calibrate"),
     "bench": ("benchmarks; each prints a one-line JSON summary last", "app.bench"),
     "model": ("model information", "app.model_cli"),
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"xr0 {args.command}"
     try:
         config = load_config(args.config, args.robot)
+        configure_command(args.command, args, config)  # torch threads, by one rule (app/threads.py)
         return args.func(args, config)
     except (CliError, ConfigError, DeviceError) as e:
         print(f"{name}: error: {e}", file=sys.stderr)

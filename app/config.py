@@ -15,6 +15,7 @@ import yaml
 
 from app.configload import ConfigError, build, did_you_mean
 from app.runner import PolicyConfig  # defined beside the runner it configures
+from app.threads import RuntimeConfig  # defined beside the thread rule it configures
 from drivers.arm import ArmConfig
 from drivers.camera import CameraConfig
 from drivers.joints import CAMERA_NAMES
@@ -98,6 +99,8 @@ class AppConfig:
     viz: VizConfig = field(default_factory=VizConfig)
     # `xr0 train`: the fine-tuning recipe, data and augmentation (xr0/train_config.py, docs/training.md).
     train: TrainConfig = field(default_factory=TrainConfig)
+    # How many threads each computing process uses (app/threads.py, docs/architecture.md "Threads").
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     # The directory relative paths are resolved against (set by the loader to the config file's folder).
     base_dir: Path = field(default=PROJECT_ROOT, compare=False)
 

@@ -31,6 +31,10 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
 def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return tp.__name__
+    if get_origin(tp) in (typing.Union, types.UnionType):  # int | Literal['auto'] → "int or 'auto'"
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
     return str(tp).replace("typing.", "")
 
 

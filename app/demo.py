@@ -26,9 +26,10 @@ from pathlib import Path
 from app.config import AppConfig
 from app.errors import CliError
 from app.viz import has_display
+from drivers.sim.aloha import EVAL_SEED_START
 
 log = logging.getLogger(__name__)
-HELD_OUT_SEED = 10_000  # rollouts start here: never a seed the demonstrations were recorded on
+HELD_OUT_SEED = EVAL_SEED_START  # rollouts start here: never a seed the demonstrations were recorded on
 
 
 def add_arguments(p) -> None:
@@ -108,9 +109,11 @@ def train_stage(args, path: Path, out: Path, minutes: float, quick: bool) -> dic
 def rollout_stage(args, config: AppConfig, checkpoint: Path, out: Path, minutes: float) -> dict:
     """Serve the checkpoint in its own process and roll it out over the wire, in lockstep, held-out seeds."""
     from app.rollout import run_rollout
+    from app.threads import child_env
 
     port = _free_port()
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    env.update(child_env(config.runtime.torch_threads, helpers=1))  # the rollout loop runs beside it
     cmd = [sys.executable, "-m", "app.cli", "serve", "--policy", str(checkpoint), "--port", str(port)]
     if args.config:
         cmd += ["--config", args.config]

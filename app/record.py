@@ -5,7 +5,8 @@
 `info["discard"]`). `record()` checks the store and the disk, composes rig, recorder and subscribers and
 runs the `RecordSession` (app/record_session.py: keys, status line, cues). In the simulator the scripted
 teleoperator is the operator, each episode is a fresh seed (a re-recorded one keeps its seed) and
-success comes from the task.
+success is the task done at any tick (`StageTracker`). A store's seeds never repeat by accident: appending
+to a store continues after its highest recorded seed (`first_seed`) unless `--seed` says otherwise.
 """
 
 from __future__ import annotations
@@ -201,6 +202,50 @@ def add_arguments(p) -> None:
         "--reset-seconds", type=float, default=None, help="unrecorded pause between episodes (hardware)"
     )
     p.add_argument("--rerun", default=None, help="also show the session: off | spawn | web[:PORT] | FILE.rrd")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="simulator seed of the first episode (default: robot.sim.seed for a new store, else the store's "
+        "highest recorded seed + 1)",
+    )
+
+
+def first_seed(path: Path, explicit: int | None, default: int, episodes: int) -> tuple[int, list[str]]:
+    """The simulator seed to record the first episode on, and warning lines for the operator.
+
+    Without `explicit`, a new store starts at `default` (robot.sim.seed) and an existing one continues
+    after its highest recorded seed, so a second session never repeats the first one. An explicit seed is
+    used as given; planned seeds that the store already holds, or that reach the held-out evaluation
+    seeds (`EVAL_SEED_START` on), are warned about."""
+    from drivers.sim.aloha import EVAL_SEED_START
+    from recording.reader import recorded_seeds
+    from recording.schema import StoreError
+
+    try:
+        recorded = recorded_seeds(path) if path.exists() else set()
+    except StoreError as e:
+        raise CliError(str(e)) from e
+    seed = explicit if explicit is not None else max(default, max(recorded, default=-1) + 1)
+    planned = range(seed, seed + episodes)
+    warnings = []
+    repeated = sorted(recorded.intersection(planned))
+    if repeated:
+        warnings.append(
+            f"warning: {path.name} already holds episodes recorded on seed(s) {_seed_list(repeated)}; "
+            f"recording them again repeats those demonstrations (its seeds end at {max(recorded)})"
+        )
+    if planned[-1] >= EVAL_SEED_START:
+        warnings.append(
+            f"warning: seeds from {EVAL_SEED_START} on are held out for evaluation; recording seed(s) "
+            f"{seed}…{planned[-1]} makes them training seeds"
+        )
+    return seed, warnings
+
+
+def _seed_list(seeds: list[int], most: int = 8) -> str:
+    text = ", ".join(map(str, seeds[:most]))
+    return text + (f" … ({len(seeds)} in all)" if len(seeds) > most else "")
 
 
 def _planned_bytes(config: AppConfig, episodes: int, seconds: float) -> float:
@@ -248,6 +293,7 @@ class RecordPlan:
     seconds: float
     reset_seconds: float
     rerun: str = "off"
+    seed: int | None = None  # simulator seed of the first episode (None: continue the store's seeds)
 
 
 def plan_from_args(args, config: AppConfig) -> RecordPlan:
@@ -266,7 +312,11 @@ def plan_from_args(args, config: AppConfig) -> RecordPlan:
     if path.parent == config.data_root:  # a bare NAME (or the default): the data root may not exist yet
         path.parent.mkdir(parents=True, exist_ok=True)
     rerun = args.rerun if args.rerun is not None else config.viz.rerun
-    return RecordPlan(path, args.task or default_task(config), args.episodes, seconds, reset, rerun)
+    if args.seed is not None and not sim:
+        raise CliError("--seed chooses simulator seeds; it needs --robot sim")
+    return RecordPlan(
+        path, args.task or default_task(config), args.episodes, seconds, reset, rerun, args.seed
+    )
 
 
 def record(
@@ -296,6 +346,11 @@ def record(
     publisher = Publisher()
     recorder = None
     try:
+        seed = None
+        if rig.sim is not None:
+            seed, warnings = first_seed(plan.path, plan.seed, rig.sim.seed, plan.episodes)
+            for line in warnings:
+                console.cue(line)
         with rig.robot:
             _, velocity, effort, _ = rig.robot.read_joints()
             spec = build_spec(config, rig, velocity is not None, effort is not None)
@@ -310,7 +365,7 @@ def record(
             publisher.subscribers += list(extra_subscribers)
             with keys.Keyboard() as keyboard:
                 session = RecordSession(
-                    rig, config, recorder, publisher, plan.task, keyboard, console, interrupt
+                    rig, config, recorder, publisher, plan.task, keyboard, console, interrupt, seed
                 )
                 report = session.run(plan.episodes, plan.seconds, plan.reset_seconds)
     finally:

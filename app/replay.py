@@ -17,6 +17,7 @@ import numpy as np
 from app.config import AppConfig
 from app.errors import CliError
 from drivers.clock import Rate
+from drivers.sim.aloha import StageTracker
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def replay(config: AppConfig, path: Path, episode: int | None) -> ReplayReport:
         log.warning("episode recorded at %g Hz, replayed at its own rate", store.fps)
     rig = build_rig(config, camera_names=[])
     robot, clock = rig.robot, rig.clock
+    stages = StageTracker(rig.sim) if rig.sim is not None else None
     error = 0.0
     try:
         with robot:
@@ -71,7 +73,9 @@ def replay(config: AppConfig, path: Path, episode: int | None) -> ReplayReport:
                 state = robot.read_joints()[0]
                 error = max(error, float(np.max(np.abs(state - states[t]))))
                 robot.send_action(action)
-            success = rig.sim.is_success() if rig.sim is not None else None
+                if stages is not None:
+                    stages.update()
+            success = stages.success if stages is not None else None  # done at any tick, as recorded
             safety = robot.safety.counters.as_dict() if robot.safety else {}
     finally:
         rig.close()

@@ -1,11 +1,13 @@
 """`xr0 rollout`: run a policy on the robot at 30 Hz for a long session, episode after episode.
 
     xr0 rollout --policy scripted|hold|ws://HOST:PORT|CHECKPOINT --mode async|sync|async-naive
-                --duration 30m --task "…" --robot sim|aloha [--rerun …] [--summary FILE.json]
+                --duration 30m --task "…" --robot sim|aloha [--seed N] [--rerun …] [--summary FILE.json]
 
-In the simulator each episode ends by itself — success when the task is done, failure after
-`policy.episode_seconds` — and the world resets with the next seed. On hardware the operator marks
-success or failure with a key (the policy keeps going). Keys (a terminal only):
+In the simulator each episode ends by itself — success at the first tick the task is done (stage 4,
+`StageTracker`), failure after `policy.episode_seconds` — and the world resets with the next seed. The
+seeds are held out: they start at `EVAL_SEED_START` (10000), never on the seeds demonstrations are recorded
+on, unless `--seed N` says where to start. On hardware the operator marks success or failure with a key
+(the policy keeps going). Keys (a terminal only):
 
     s  success     f  failure     p  pause / resume (the arms hold)     e  SPACE  e-stop     q  Esc  quit
 
@@ -38,6 +40,7 @@ from app.events import EpisodeEvent, Publisher
 from app.runner import PolicyRunner
 from app.viz import summary_png
 from drivers.clock import Rate
+from drivers.sim.aloha import EVAL_SEED_START, StageTracker
 
 log = logging.getLogger(__name__)
 KEYS = {"s": "success", "f": "failure", "p": "pause", "e": "estop", " ": "estop", "q": "quit", "\x1b": "quit"}
@@ -52,6 +55,7 @@ class EpisodeOutcome:
     seed: int | None = None
     success: bool | None = None  # None: not judged (cut short by the end of the rollout)
     reason: str = ""  # success | timeout | operator | end of rollout | e-stop
+    max_stage: int | None = None  # simulator: the highest task stage reached (0..4)
 
 
 @dataclass
@@ -103,8 +107,12 @@ class RolloutSession:
         publisher: Publisher,
         episode_seconds: float | None = None,
         pacer=Rate,
+        first_seed: int | None = None,
     ) -> None:
+        """`first_seed`: the simulator seed of the first episode (default: the sim's current seed)."""
         self.rig = rig
+        self.first_seed = first_seed
+        self.stages = StageTracker(rig.sim) if rig.sim is not None else None
         self.runner = runner
         self.fps = fps
         self.publisher = publisher
@@ -170,8 +178,10 @@ class RolloutSession:
         seed = None
         if rig.sim is not None:
             self.runner.restart(index)  # no inference may overlap the world's reset
-            rig.sim.reset(None if index else rig.sim.seed)
+            first = rig.sim.seed if self.first_seed is None else self.first_seed
+            rig.sim.reset(None if index else first)
             seed = rig.sim.seed
+            self.stages.reset()
             if rig.teleop is not None:
                 rig.teleop.reset()
             rig.robot.rebase()
@@ -190,6 +200,8 @@ class RolloutSession:
         self.episodes.append(ep)
         self._current = None
         info = {"reason": reason}
+        if self.stages is not None:
+            ep.max_stage = info["max_stage"] = self.stages.max_stage
         self.publisher.episode(
             EpisodeEvent(ep.index, "end", self.rig.clock.now_ns(), success=success, seed=ep.seed, info=info)
         )
@@ -206,8 +218,10 @@ class RolloutSession:
             elif command == "quit":
                 quit_ = True
         sim = self.rig.sim
-        if verdict is None and sim is not None and sim.is_success():
-            verdict = (True, "success")
+        if sim is not None:
+            self.stages.update()
+        if verdict is None and sim is not None and self.stages.success:
+            verdict = (True, "success")  # the first tick at stage 4 ends the episode
         ep = self._current
         if (
             verdict is None
@@ -377,6 +391,12 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--task", default=None, help="the instruction given to the policy (default: policy.instruction)"
     )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"simulator seed of the first episode (default {EVAL_SEED_START}: held out from recordings)",
+    )
     p.add_argument("--record", default=None, metavar="DATASET.zarr", help="store the rollout as episodes")
     p.add_argument("--rerun", default=None, help="off | spawn | web[:PORT] | FILE.rrd (default: viz.rerun)")
     p.add_argument("--summary", default=None, metavar="FILE.json", help="also write the summary as JSON")
@@ -389,11 +409,13 @@ def run_rollout(
     rerun: str = "off",
     instruction: str | None = None,
     record: Path | None = None,
+    seed: int | None = None,
 ):
     """Compose rig, policy, runner and subscribers from config; run; always shut down cleanly.
 
-    With `record`, every episode of the rollout is stored (with the chunk ids, the planned actions and
-    each chunk received) in that dataset, ready for the next fine-tune."""
+    In the simulator the episodes run on seeds `seed`, `seed`+1, … (default `EVAL_SEED_START`: held out
+    from the recordings). With `record`, every episode of the rollout is stored (with the chunk ids, the
+    planned actions and each chunk received) in that dataset, ready for the next fine-tune."""
     from app.compose import build_rig
     from app.policies import open_policy
     from app.viz import RerunLogger, open_sink
@@ -418,7 +440,8 @@ def run_rollout(
             rig.robot, rig.clock, policy, config.policy, config.control.fps, publisher, instruction
         )
         episode_s = config.policy.episode_seconds if rig.sim is not None else None
-        session = RolloutSession(rig, runner, config.control.fps, publisher, episode_s)
+        first_seed = (EVAL_SEED_START if seed is None else seed) if rig.sim is not None else None
+        session = RolloutSession(rig, runner, config.control.fps, publisher, episode_s, first_seed=first_seed)
         with Terminal(session):
             report = session.run(duration_s)
     finally:
@@ -461,6 +484,11 @@ def print_summary(r: RolloutReport) -> None:
         f"  tasks completed: {r.tasks} ({r.tasks_per_min:.2f}/min); per minute: {r.tasks_per_minute_bucket}"
     )
     print(f"  success rate: {rate} of {sum(e.success is not None for e in r.episodes)} judged episodes")
+    seeds = [e.seed for e in r.episodes if e.seed is not None]
+    if seeds:
+        note = "held out" if min(seeds) >= EVAL_SEED_START else f"below {EVAL_SEED_START}: not held out"
+        n = len(seeds)
+        print(f"  seeds: {seeds[0]}…{seeds[-1]} ({n} episode{'' if n == 1 else 's'}; {note})")
     if r.inference_ms:
         print(f"  inference latency p50 {r.inference_ms['p50']:.1f} ms, p99 {r.inference_ms['p99']:.1f} ms")
     print(f"  delay (ticks: chunks): {r.delay_ticks}")
@@ -486,6 +514,8 @@ def print_summary(r: RolloutReport) -> None:
 def run(args, config: AppConfig) -> int:
     if args.mode:
         config = replace(config, policy=replace(config.policy, mode=args.mode))
+    if args.seed is not None and config.robot.type != "sim":
+        raise CliError("--seed chooses simulator seeds; it needs --robot sim")
     duration_s = parse_duration(args.duration)
     source = args.policy or config.policy.source
     rerun = args.rerun if args.rerun is not None else config.viz.rerun
@@ -494,7 +524,7 @@ def run(args, config: AppConfig) -> int:
         from app.dataset_cli import dataset_path
 
         record = dataset_path(args.record, config)
-    report, sink = run_rollout(config, source, duration_s, rerun, args.task, record)
+    report, sink = run_rollout(config, source, duration_s, rerun, args.task, record, args.seed)
     print_summary(report)
     if record is not None:
         print(f"  recorded episodes: {record}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -126,8 +127,16 @@ class PolicyRunner:
         fps: float,
         publisher: Publisher | None = None,
         instruction: str | None = None,
+        privileged: Callable[[], dict[str, np.ndarray]] | None = None,
     ) -> None:
+        """`privileged`: the simulator's privileged inputs (xr0.boundary.PRIVILEGED), for diagnostic
+        policies that ask for them in their spec (`xr0 eval` only); a policy that asks without it is refused."""
         spec = policy.spec
+        if spec.privileged and privileged is None:
+            raise CliError(
+                f"the policy reads simulator-only inputs ({', '.join(spec.privileged)}): it is a diagnostic "
+                "for `xr0 eval` in the simulator, not a policy to deploy"
+            )
         if abs(spec.fps - fps) > 1e-6:
             raise CliError(
                 f"the policy's actions are spaced for {spec.fps:g} Hz but control.fps is {fps:g} Hz"
@@ -153,6 +162,7 @@ class PolicyRunner:
         self.period_ns = round(NS_PER_S / fps)
         self.publisher = publisher or Publisher()
         self.instruction = config.instruction if instruction is None else instruction
+        self._privileged = privileged
         self.estimator = DelayEstimator(
             self.period_ns, config.delay_window, config.delay_quantile, config.initial_latency_ms
         )
@@ -340,7 +350,14 @@ class PolicyRunner:
             state=obs.state.copy(),
             instruction=self.instruction,
             t_ns=obs.state_t_ns,
+            privileged=self._privileged_inputs(),
         )
+
+    def _privileged_inputs(self) -> dict[str, np.ndarray]:
+        if not self.spec.privileged:
+            return {}
+        values = self._privileged()
+        return {name: np.asarray(values[name], dtype=np.float64) for name in self.spec.privileged}
 
     # -- answers ------------------------------------------------------------------------------------------------
     def _collect(self, k: int) -> ChunkRecord | None:

@@ -23,6 +23,7 @@ from app.viz import Sink, open_sink
 from drivers.clock import Clock, Rate, Tick
 from drivers.errors import DeviceError
 from drivers.robot import BimanualRobot, Observation
+from drivers.sim.aloha import StageTracker
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class TeleopSession:
                     robot.rebase()
                 self.publisher.episode(EpisodeEvent(ep, "start", clock.now_ns(), seed=seed))
                 summary = EpisodeSummary(index=ep, ticks=0, seed=seed, max_stage=0 if sim else None)
+                stages = StageTracker(sim) if sim is not None else None
                 rate = Rate(clock, self.fps)
                 for _ in range(ticks_per_episode):
                     if self.stop.is_set():
@@ -143,11 +145,11 @@ class TeleopSession:
                     self.publisher.step(event)
                     tick_index += 1
                     summary.ticks += 1
-                    if sim is not None:
-                        summary.max_stage = max(summary.max_stage or 0, sim.reward())
+                    if stages is not None:
+                        stages.update()
                 report.skipped_ticks += rate.skipped_total
-                if sim is not None:
-                    summary.success = sim.is_success()
+                if stages is not None:  # done at any tick (the one rule, drivers/sim/aloha.py)
+                    summary.success, summary.max_stage = stages.success, stages.max_stage
                 report.episodes.append(summary)
                 info = {"error": summary.error} if summary.error else {}
                 self.publisher.episode(

@@ -12,12 +12,16 @@ train_config.json, metrics.jsonl, summary.json and checkpoints (`OUT/last` is th
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from app.config import AppConfig
 from app.errors import CliError
+from xr0.train_config import NEW_MODEL_INITS
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p) -> None:
@@ -51,7 +55,19 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--out", default=None, help="run folder (default: runs/train-DATE-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--mode", choices=("frozen-vlm", "full", "lora"), default=None, help="what is trained")
+    p.add_argument(
+        "--mode",
+        choices=("auto", "frozen-vlm", "full", "lora"),
+        default=None,
+        help="what is trained (auto: full for a new random model, frozen-vlm from a checkpoint)",
+    )
+    p.add_argument(
+        "--privileged",
+        nargs="+",
+        default=None,
+        metavar="INPUT",
+        help="diagnostic only: simulator inputs appended to the state (object_start); never deploy such a model",
+    )
     p.add_argument(
         "--async-train",
         action=argparse.BooleanOptionalAction,
@@ -123,12 +139,22 @@ def train_config(args, config: AppConfig):
         "horizon": args.horizon,
         "val_episodes": args.val_episodes,
         "num_workers": args.num_workers,
+        "privileged": tuple(args.privileged) if args.privileged else None,
     }
     try:
         data_cfg = replace(cfg.data, **{k: v for k, v in data.items() if v is not None})
-        return replace(cfg, data=data_cfg, **{k: v for k, v in top.items() if v is not None})
+        out = replace(cfg, data=data_cfg, **{k: v for k, v in top.items() if v is not None})
     except ValueError as e:
         raise CliError(str(e).removeprefix("train.")) from e
+    if out.mode == "frozen-vlm" and out.init in NEW_MODEL_INITS:
+        blind = (
+            f"mode frozen-vlm with a new random model (init {out.init}) trains the action head on a random, "
+            "frozen vision model, which cannot learn to see (its policy goes to the average object position)"
+        )
+        if args.mode != "frozen-vlm":  # from a config file: a trap, not a choice
+            raise CliError(f"train.{blind}: use mode full (or auto), or start from a pre-trained checkpoint")
+        log.warning("--%s: fine for measuring speed or the mechanics, never for a policy to deploy", blind)
+    return out
 
 
 def run(args, config: AppConfig) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from xr0.boundary import PolicyObservation, PolicySpec
+from xr0.boundary import PRIVILEGED, PolicyObservation, PolicySpec
 
 PROTOCOL = "xr0-policy"
 VERSION = 1
@@ -179,6 +179,8 @@ def encode_spec(spec: PolicySpec) -> dict:
         "state_dim": spec.state_dim,
         "fps": spec.fps,
         "robot_type": spec.robot_type,
+        **({"contract": spec.contract} if spec.contract is not None else {}),
+        **({"privileged": list(spec.privileged)} if spec.privileged else {}),
     }
 
 
@@ -191,6 +193,8 @@ def decode_spec(obj: Any) -> PolicySpec:
             state_dim=int(obj["state_dim"]),
             fps=float(obj["fps"]),
             robot_type=str(obj["robot_type"]),
+            contract=obj.get("contract") if isinstance(obj.get("contract"), dict) else None,
+            privileged=tuple(str(n) for n in obj.get("privileged", ())),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise WireError(f"the hello message's spec is incomplete or malformed ({e})") from None
@@ -211,6 +215,16 @@ def encode_request(
                 "t_ns": int(observation.t_ns),
                 "instruction": observation.instruction,
                 "images": {n: encode_image(img, jpeg_quality) for n, img in observation.images.items()},
+                **(
+                    {
+                        "privileged": {
+                            n: encode_array(np.asarray(v, np.float64))
+                            for n, v in observation.privileged.items()
+                        }
+                    }
+                    if observation.privileged
+                    else {}
+                ),
             },
             "prefix": encode_array(np.asarray(prefix, dtype=np.float64).reshape(-1, 14)),
         }
@@ -246,4 +260,27 @@ def decode_request(message: dict, spec: PolicySpec) -> tuple[int, PolicyObservat
     prefix = decode_actions(message.get("prefix"), "prefix")
     if len(prefix) > spec.max_prefix:
         raise WireError(f"prefix has {len(prefix)} rows; the policy takes at most {spec.max_prefix}")
-    return request_id, PolicyObservation(images, state.astype(np.float64), instruction, t_ns), prefix
+    privileged = _decode_privileged(obs.get("privileged", {}), spec)
+    return (
+        request_id,
+        PolicyObservation(images, state.astype(np.float64), instruction, t_ns, privileged),
+        prefix,
+    )
+
+
+def _decode_privileged(values: Any, spec: PolicySpec) -> dict[str, np.ndarray]:
+    """The simulator-only inputs the served policy asked for: each a short vector of finite floats."""
+    if not isinstance(values, dict):
+        raise WireError("observation.privileged must be a map of name to array")
+    out = {}
+    for name in spec.privileged:
+        if name not in values:
+            raise WireError(f"observation.privileged lacks {name!r}, which the policy reads")
+        width = PRIVILEGED.get(name, 0)
+        a = decode_array(values[name], f"observation.privileged.{name}", ndim=1)
+        if a.shape != (width,) or a.dtype.kind != "f" or not np.all(np.isfinite(a)):
+            raise WireError(
+                f"observation.privileged.{name} must be {width} finite floats, got {a.dtype} {a.shape}"
+            )
+        out[name] = a.astype(np.float64)
+    return out

@@ -5,6 +5,8 @@
 `SampleIndex` numbers every step of every committed episode 0…N-1 for a training sampler, and
 `sample()` returns what one training example needs — images and state at t, actions t…t+H-1 — with one
 read per array. Low-dimensional arrays are small, so whole episodes of them are cached (bounded by bytes).
+`recorded_seeds(store)` lists the simulator seeds a store already holds (so that none is recorded twice and
+no evaluation runs on one).
 """
 
 from __future__ import annotations
@@ -224,6 +226,22 @@ class EpisodeStore:
         out[state_key] = np.array(self._numeric(episode, state_key)[t])
         out[action_key], out[f"{action_key}_is_pad"] = self.window(episode, action_key, t, horizon)
         return out
+
+
+def recorded_seeds(store: EpisodeStore | str | Path) -> set[int]:
+    """The simulator seeds of a store's episodes (the `seed` episode attribute), committed or partial —
+    a partial episode's seed was used too. Episodes recorded on hardware have none."""
+    path = store.path if isinstance(store, EpisodeStore) else Path(store)
+    check_store(path)
+    seeds = set()
+    for directory in episode_dirs(path).values():
+        try:
+            seed = episode_attrs(directory).get("seed")
+        except StoreError:
+            continue  # an episode cut off before its attributes were written: no seed to read
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            seeds.add(seed)
+    return seeds
 
 
 def _describe(selection: Any) -> str:

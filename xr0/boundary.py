@@ -20,6 +20,11 @@ from typing import Protocol
 
 import numpy as np
 
+# Inputs only a simulator can give, name -> width. A diagnostic policy may ask for them (the ladder of
+# docs/eval.md: a replay of the recorded demonstration needs the seed and the episode's tick; a
+# "privileged" model reads where the object started); a deployable policy never does.
+PRIVILEGED: dict[str, int] = {"object_start": 3, "seed": 1, "episode_tick": 1}
+
 
 @dataclass(frozen=True)
 class PolicySpec:
@@ -31,6 +36,10 @@ class PolicySpec:
     state_dim: int = 14
     fps: float = 30.0  # control rate the actions are spaced for
     robot_type: str = "aloha"
+    # Simulator-only inputs this policy needs (PRIVILEGED); a deployable policy needs none.
+    privileged: tuple[str, ...] = ()
+    # A checkpoint's deployment contract (xr0/contract.py, as its JSON dict): what the rig must match.
+    contract: dict | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ class PolicyObservation:
     state: np.ndarray  # (14,) float, rad + gripper fraction
     instruction: str
     t_ns: int  # capture time of the state (Clock.now_ns time base)
+    # Simulator-only inputs by name (PRIVILEGED), given only to diagnostic policies that ask for them.
+    privileged: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

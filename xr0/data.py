@@ -36,7 +36,7 @@ import torch
 from recording.reader import EpisodeStore, SampleIndex
 from recording.schema import StoreError
 from xr0.augment import AugmentConfig, augment_views
-from xr0.policy import STATE_DIM, VIEW_LABELS, XR0_INDEX, robot_to_model_actions, to_xr0
+from xr0.policy import STATE_DIM, VIEW_LABELS, XR0_INDEX, robot_to_model_actions, state_vector
 from xr0.processor import XR0Processor
 from xr0.train_config import DataConfig
 
@@ -62,9 +62,10 @@ def encode_views(
     return processor.encode(instruction, [(VIEW_LABELS[cam], images[cam]) for cam in cameras])
 
 
-def model_state(state: np.ndarray) -> torch.Tensor:
-    """(14,) robot state → (1, 32) raw model state (never normalised)."""
-    return torch.as_tensor(to_xr0(np.asarray(state, np.float64)), dtype=torch.float32)[None]
+def model_state(state: np.ndarray, privileged: Mapping[str, np.ndarray] | None = None) -> torch.Tensor:
+    """(14,) robot state → (1, 32) raw model state (never normalised), with a diagnostic model's privileged
+    inputs in their unused dims (`state_vector`, as XR0Policy.infer)."""
+    return torch.as_tensor(state_vector(state, privileged), dtype=torch.float32)[None]
 
 
 def model_targets(
@@ -155,6 +156,12 @@ def open_sources(config: DataConfig, cameras: Sequence[str]) -> list[Source]:
         for ep, task in zip(store.episodes, store.tasks, strict=True):
             if not task.strip():
                 raise DataError(f"dataset {path}: episode {ep} has no task instruction")
+            for name in config.privileged:
+                if name not in store.info(ep):
+                    raise DataError(
+                        f"dataset {path}: episode {ep} has no {name!r} (the privileged diagnostic needs "
+                        "episodes recorded in the simulator by this version of `xr0 record`)"
+                    )
         episodes, lengths = list(store.episodes), [int(n) for n in store.lengths]
         n_val = config.val_episodes if len(episodes) > config.val_episodes else 0
         if config.val_episodes and not n_val:
@@ -268,8 +275,10 @@ class TrainingSamples(torch.utils.data.Dataset):
         augment: AugmentConfig,
         seed: int,
         split: str = "train",
+        privileged: Sequence[str] = (),
     ) -> None:
         self.sources = list(sources)
+        self.privileged = tuple(privileged)
         self.processor = processor
         self.cameras = tuple(cameras)
         self.relative = np.asarray(relative, dtype=bool)
@@ -297,12 +306,14 @@ class TrainingSamples(torch.utils.data.Dataset):
             images = augment_views(images, self.augment, np.random.default_rng([self.seed, 3, g]))
         state = store.get(episode, STATE_KEY, t)
         actions, is_pad = store.window(episode, ACTION_KEY, t, self.horizon)
-        task = store.info(episode)["task"]
+        info = store.info(episode)
+        task = info["task"]
+        privileged = {name: np.asarray(info[name], np.float64) for name in self.privileged}
         return {
             "inputs": encode_views(
                 self.processor, task, dict(zip(self.cameras, images, strict=True)), self.cameras
             ),
-            "state": model_state(state),  # (1, 32)
+            "state": model_state(state, privileged),  # (1, 32)
             "actions": model_targets(self.processor, self.robot_type, actions, state, self.relative).float(),
             "valid": torch.as_tensor(~is_pad, dtype=torch.float32),  # (T,)
             "robot_state": torch.as_tensor(state, dtype=torch.float64),  # (14,) for the open-loop error

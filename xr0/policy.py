@@ -19,13 +19,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from xr0.boundary import Chunk, PolicyObservation, PolicySpec
+from xr0.contract import ContractError, DeployContract, clip_grippers, stats_digest
 from xr0.flow import sample_actions
 from xr0.model import XR0Model
 from xr0.processor import STD_ACTIVE, XR0Processor
@@ -39,6 +42,7 @@ XR0_INDEX: tuple[int, ...] = (7, 8, 9, 10, 11, 12, 6, 21, 22, 23, 24, 25, 26, 20
 # Joints relative to the observation, grippers absolute (the openpi/ALOHA convention).
 RELATIVE_JOINTS: tuple[bool, ...] = (True,) * 6 + (False,) + (True,) * 6 + (False,)
 GRIPPER_INDICES = (6, 13)  # the two grippers in the 14-wide robot vector (drivers.joints order)
+GRIPPER_RANGE = (0.0, 1.0)  # a gripper target is a fraction of the opening: 0 closed … 1 open
 # Camera name → the view label the prompt uses ([PT] data format: Ego, Left-Wrist, Right-Wrist).
 VIEW_LABELS: dict[str, str] = {
     "cam_high": "Ego View",
@@ -65,6 +69,17 @@ class XR0PolicyConfig:
     # Control rate the actions are spaced for (Hz).
     fps: float = 30.0
 
+    @classmethod
+    def from_contract(cls, contract: DeployContract, **choices: Any) -> XR0PolicyConfig:
+        """What the checkpoint's deployment contract fixes; `choices` (num_steps, seed) are the user's."""
+        return cls(
+            robot_type=contract.robot_type,
+            cameras=contract.camera_names,
+            relative=tuple(contract.relative),
+            fps=contract.fps,
+            **choices,
+        )
+
     def __post_init__(self) -> None:
         if not 1 <= len(self.cameras) <= len(VIEW_LABELS):
             raise ValueError(
@@ -90,20 +105,41 @@ def to_xr0(values: np.ndarray, width: int = 32) -> np.ndarray:
     return out
 
 
+# Unused dims of the 32-wide state that carry a diagnostic model's privileged inputs (contract.privileged).
+PRIVILEGED_DIMS: dict[str, tuple[int, ...]] = {"object_start": (0, 1, 2)}
+
+
+def state_vector(state: np.ndarray, privileged: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """(14,) robot state → (32,) raw model state (never normalised); a diagnostic model's privileged
+    inputs go to their unused dims (PRIVILEGED_DIMS). Training and inference share this."""
+    out = to_xr0(np.asarray(state, np.float64))
+    for name, value in (privileged or {}).items():
+        out[list(PRIVILEGED_DIMS[name])] = np.asarray(value, np.float64)
+    return out
+
+
 def from_xr0(values: np.ndarray) -> np.ndarray:
     """(..., 32) XR0 layout → (..., 14) robot vectors."""
     return values[..., list(XR0_INDEX)]
 
 
-def robot_to_model_actions(actions: np.ndarray, state: np.ndarray, relative: np.ndarray) -> np.ndarray:
+def robot_to_model_actions(
+    actions: np.ndarray, state: np.ndarray, relative: np.ndarray, gripper_range=GRIPPER_RANGE
+) -> np.ndarray:
     """(…, T, 14) absolute robot actions and the (…, 14) state at the window start → (…, T, 32) model targets
-    (relative dims as a − state), before normalisation. Training and inference share this pair."""
+    (relative dims as a − state), before normalisation. Training and inference share this pair; both
+    clip the grippers to `gripper_range` (fractions of the opening), so the model never learns a target
+    it could not be asked for."""
+    actions = clip_grippers(actions, gripper_range, GRIPPER_INDICES)
     return to_xr0(actions - relative * state[..., None, :])
 
 
-def model_to_robot_actions(actions: np.ndarray, state: np.ndarray, relative: np.ndarray) -> np.ndarray:
-    """The inverse: (…, T, 32) de-normalised model actions → (…, T, 14) absolute robot actions."""
-    return from_xr0(actions) + relative * state[..., None, :]
+def model_to_robot_actions(
+    actions: np.ndarray, state: np.ndarray, relative: np.ndarray, gripper_range=GRIPPER_RANGE
+) -> np.ndarray:
+    """The inverse: (…, T, 32) de-normalised model actions → (…, T, 14) absolute robot actions, grippers
+    clipped to `gripper_range` (a decoded 1.04 means "open")."""
+    return clip_grippers(from_xr0(actions) + relative * state[..., None, :], gripper_range, GRIPPER_INDICES)
 
 
 def observation_seed(observation: PolicyObservation, prefix: np.ndarray) -> int:
@@ -117,9 +153,20 @@ def observation_seed(observation: PolicyObservation, prefix: np.ndarray) -> int:
 
 
 class XR0Policy:
-    def __init__(self, model: XR0Model, processor: XR0Processor, config: XR0PolicyConfig | None = None):
+    def __init__(
+        self,
+        model: XR0Model,
+        processor: XR0Processor,
+        config: XR0PolicyConfig | None = None,
+        contract: DeployContract | None = None,
+    ):
+        """`contract`: the checkpoint's deployment contract; when given, it fixes the cameras, the rate, the
+        action representation and the gripper range (a `config` that disagrees is refused)."""
         self.model = model.eval()
         self.processor = processor
+        self.contract = contract
+        if contract is not None:
+            config = _agree(config, contract)
         self.config = config = config or XR0PolicyConfig()
         rt = config.robot_type
         if rt not in processor.list_robot_types():
@@ -137,13 +184,30 @@ class XR0Policy:
             )
         T = self.action_mask.shape[1]
         self.relative = np.asarray(config.relative, dtype=bool)
+        self.gripper_range = (0.0, 1.0)
+        max_prefix = min(model.config.max_prefix, T - 1)
+        if contract is not None:
+            stats = processor.action_config[rt]
+            if contract.stats_sha256 and stats_digest(stats["mean"], stats["std"]) != contract.stats_sha256:
+                raise ContractError(
+                    f"the checkpoint's action statistics for {rt!r} are not the ones its deploy.json was "
+                    "written with (the processor files were replaced?)"
+                )
+            if contract.chunk_length != T:
+                raise ContractError(
+                    f"deploy.json says chunk_length {contract.chunk_length}; the statistics have T = {T}"
+                )
+            self.gripper_range = tuple(contract.gripper_range)
+            max_prefix = min(max_prefix, contract.max_prefix)
         self.spec = PolicySpec(
             cameras=tuple(config.cameras),
             chunk_length=T,
-            max_prefix=min(model.config.max_prefix, T - 1),
+            max_prefix=max_prefix,
             state_dim=STATE_DIM,
             fps=config.fps,
             robot_type=rt,
+            privileged=() if contract is None else tuple(contract.privileged),
+            contract=None if contract is None else contract.to_dict(),
         )
 
     @classmethod
@@ -175,7 +239,14 @@ class XR0Policy:
             attn_implementation=attn,
             local_files_only=local_files_only,
         )
-        return cls(model, processor, config)
+        contract = DeployContract.load(checkpoint) if Path(checkpoint).is_dir() else None
+        if contract is None:
+            log.warning(
+                "%s has no deploy.json (trained before deployment contracts, or a release): cameras, "
+                "rate and action representation come from the caller's settings",
+                checkpoint,
+            )
+        return cls(model, processor, config, contract)
 
     # -- the boundary ----------------------------------------------------------------------------------------
     def _check(self, observation: PolicyObservation, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,6 +264,11 @@ class XR0Policy:
             )
         if not np.isfinite(prefix).all():
             raise ValueError("prefix has non-finite values")
+        for name in self.spec.privileged:
+            if name not in observation.privileged:
+                raise ValueError(
+                    f"observation has no privileged input {name!r}, which this diagnostic model reads"
+                )
         for cam in self.spec.cameras:
             if cam not in observation.images:
                 raise ValueError(
@@ -210,11 +286,14 @@ class XR0Policy:
 
         views = [(VIEW_LABELS[cam], observation.images[cam]) for cam in self.spec.cameras]
         inputs = {k: v.to(device) for k, v in proc.encode(observation.instruction, views).items()}
-        state32 = torch.as_tensor(to_xr0(state), dtype=dtype, device=device)[None, None]  # (1, 1, 32) raw
+        privileged = {name: observation.privileged[name] for name in self.spec.privileged}
+        state32 = torch.as_tensor(state_vector(state, privileged), dtype=dtype, device=device)[None, None]
         prefix_norm = None
         if P:
             # relative dims re-expressed against the new observation's state
-            prefix32 = robot_to_model_actions(prefix, state, self.relative)[None]  # (1, P, 32)
+            prefix32 = robot_to_model_actions(prefix, state, self.relative, self.gripper_range)[
+                None
+            ]  # (1, P, 32)
             prefix_norm = proc.normalize_action(torch.as_tensor(prefix32, device=device), rt)
         t1 = _sync(device)
         with torch.inference_mode():
@@ -225,10 +304,9 @@ class XR0Policy:
             )
             t3 = _sync(device)
         decoded = proc.decode_action(x, rt)[0].cpu().double().numpy()  # (T, 32) robot units
-        actions = model_to_robot_actions(decoded, state, self.relative)  # (T, 14) absolute
-        # A gripper target is a fraction of the opening by definition: a decoded 1.04 means "open".
-        # (Joint targets are not clipped: out-of-range joints are the runner's safety check to reject.)
-        actions[:, list(GRIPPER_INDICES)] = np.clip(actions[:, list(GRIPPER_INDICES)], 0.0, 1.0)
+        # (T, 14) absolute; grippers clipped to their range as in training. Joint targets are not clipped:
+        # out-of-range joints are the runner's safety check to reject.
+        actions = model_to_robot_actions(decoded, state, self.relative, self.gripper_range)
         actions[:P] = prefix  # the model kept them fixed; copy them so they are bit-identical
         t4 = time.perf_counter()
         timing = {
@@ -244,3 +322,19 @@ def _sync(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+def _agree(config: XR0PolicyConfig | None, contract: DeployContract) -> XR0PolicyConfig:
+    """The contract's settings with the caller's own choices (num_steps, seed); a caller that asks for
+    other cameras, another rate or another action representation than the checkpoint was trained with
+    is refused, naming both."""
+    fixed = XR0PolicyConfig.from_contract(contract)
+    if config is None:
+        return fixed
+    for name in ("robot_type", "cameras", "relative", "fps"):
+        mine, theirs = getattr(config, name), getattr(fixed, name)
+        if tuple(mine) != tuple(theirs) if isinstance(mine, tuple) else mine != theirs:
+            raise ContractError(
+                f"{name}: the checkpoint was trained with {theirs!r}; the policy settings ask for {mine!r}"
+            )
+    return XR0PolicyConfig.from_contract(contract, num_steps=config.num_steps, seed=config.seed)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from xr0 import distributed as dist_
+from xr0.contract import build_contract
 from xr0.data import (
     DataError,
     MixtureSchedule,
@@ -237,15 +238,27 @@ class Trainer:
         if state is not None:
             self._restore(state)
         self.action_mask = self.processor.get_action_mask(cfg.data.robot_type)[0]  # (T, 32)
+        self.contract = build_contract(
+            self.sources,
+            self.cameras,
+            self.relative,
+            robot_type=cfg.data.robot_type,
+            chunk_length=cfg.data.horizon,
+            max_prefix=model.config.max_prefix,
+            max_pixels=self.processor.image_processor.size["longest_edge"],
+            stats=stats,
+            privileged=cfg.data.privileged,
+        )
         self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
         seed = cfg.seed
         self.schedule = MixtureSchedule(
             [len(s.train) for s in self.sources], [s.weight for s in self.sources], seed
         )
         common = (self.processor, self.cameras, self.relative, cfg.data.horizon, cfg.data.robot_type)
-        self.train_set = TrainingSamples(self.sources, *common, cfg.augment, seed, "train")
+        priv = cfg.data.privileged
+        self.train_set = TrainingSamples(self.sources, *common, cfg.augment, seed, "train", priv)
         self.eval_sets = {
-            split: (TrainingSamples(self.sources, *common, cfg.augment, seed, split), keys)
+            split: (TrainingSamples(self.sources, *common, cfg.augment, seed, split, priv), keys)
             for split in ("val", "train")
             if (keys := eval_keys(self.sources, split, cfg.data.eval_samples))
         }
@@ -478,6 +491,7 @@ class Trainer:
             tmp = final.with_name(final.name + ".tmp")
             save_checkpoint(shell, self.processor, tmp)
             (tmp / TRAINING_INFO).write_text(json.dumps(self._describe(step), indent=2) + "\n")
+            self.contract.save(tmp)
             state = {
                 "step": step,
                 "samples_seen": step * self.cfg.batch_size,

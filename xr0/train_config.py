@@ -37,6 +37,9 @@ class DataConfig:
     prefetch_factor: int = 4
     # Key of the statistics in the checkpoint; `XR0Policy` reads "aloha".
     robot_type: str = "aloha"
+    # Simulator-only inputs appended to the state (rung (b) of the diagnostics ladder, docs/eval.md):
+    # ["object_start"] trains a model that is told where the cube started. Never for a deployed model.
+    privileged: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.weights and len(self.weights) != len(self.datasets):
@@ -53,8 +56,18 @@ class DataConfig:
         for name in ("val_episodes", "eval_samples", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        from xr0.contract import PRIVILEGED_INPUTS
+
+        for name in self.privileged:
+            if name not in PRIVILEGED_INPUTS:
+                raise ValueError(
+                    f"data.privileged: unknown input {name!r}; known: {', '.join(PRIVILEGED_INPUTS)}"
+                )
         if self.prefetch_factor < 1:
             raise ValueError(f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
+
+
+NEW_MODEL_INITS = ("tiny", "full-random")  # inits that start from random weights
 
 
 @dataclass(frozen=True)
@@ -62,9 +75,11 @@ class TrainConfig:
     # Starting point: tiny | full-random (new random weights) | a checkpoint directory | a Hub id (fetched only
     # because you named it). Released checkpoints switch to the post-training mask (`dit_mask`).
     init: str = "tiny"
-    # frozen-vlm: train the action head only (the cheap default); full: everything but the input embeddings,
-    # gradient checkpointing on the vision tower; lora: not available in this version.
-    mode: Literal["frozen-vlm", "full", "lora"] = "frozen-vlm"
+    # frozen-vlm: train the action head only (cheap; for a pre-trained VLM); full: everything but the input
+    # embeddings, gradient checkpointing on the vision tower; lora: not available in this version.
+    # auto: full for a new random model (a frozen *random* vision model cannot learn to see), frozen-vlm
+    # from a checkpoint or a Hub id.
+    mode: Literal["auto", "frozen-vlm", "full", "lora"] = "auto"
     # Asynchronous post-training: clean action prefixes, prefix-column masking, online L1 reweighting.
     async_train: bool = False
     # Longest clean prefix drawn in async training (official 6); saved as the checkpoint's max_prefix.
@@ -128,6 +143,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        if self.mode == "auto":  # resolved once, here: everything downstream sees frozen-vlm or full
+            object.__setattr__(self, "mode", "full" if self.init in NEW_MODEL_INITS else "frozen-vlm")
         positive = ("steps", "batch_size", "training_repeat", "log_every")
         for name in positive:
             if getattr(self, name) < 1:

@@ -1,9 +1,19 @@
 """The simulated bimanual ALOHA in MuJoCo, on the ViperX 300 scenes that the `gym-aloha` package ships.
 
-Follower arms take 14-wide joint targets (gripper as a 0..1 fraction mapped onto the finger slide
-range); cameras render offscreen (EGL) on demand at the size configured for them. Physics is integrated
-lazily up to the time of the clock the sim was given, so the same control loop runs in lockstep with a
-`SimClock` (as fast as the CPU allows) or against the wall clock.
+Follower arms take 14-wide joint targets; cameras render offscreen (EGL) on demand at the size configured
+for them. Physics is integrated lazily up to the time of the clock the sim was given, so the same control
+loop runs in lockstep with a `SimClock` (as fast as the CPU allows) or against the wall clock.
+
+Compatible with gym-aloha (and so with ACT's and LeRobot's ALOHA sim data, policies and numbers):
+
+- **Gripper**: the 0..1 fraction is gym-aloha's normalised follower ("puppet") gripper position: 0 = the
+  left finger's slide at `PUPPET_GRIPPER_POSITION_CLOSE` (0.01844 m), 1 = `PUPPET_GRIPPER_POSITION_OPEN`
+  (0.05800 m), linear in between, for commands and measurements alike (`gripper_to_finger`,
+  `finger_to_gripper`). The finger actuators only reach 0.021…0.057 m (their ctrlrange, which MuJoCo
+  clamps commands to), so a command below 0.066 is "fully closed", one above 0.975 "fully open", and the
+  measured fraction of the open gripper is ~0.975, of a gripper closed on nothing ~0.066.
+- **Task stages** 0..4 are gym-aloha's `get_reward` (`task_stage`); an episode succeeds once stage 4 was
+  reached at any tick (`StageTracker`), as gym-aloha terminates there and LeRobot's eval counts it.
 
 Rendering is the budget on a CPU (Mesa's software EGL): the assets ask for 4096² shadow maps and
 reflections, which cost ~8x per frame; we turn them off by default and reuse one renderer per size.
@@ -35,7 +45,73 @@ SIM_CAMERAS: dict[str, str] = {
 # The joint pose the arms start an episode in (rad; the ALOHA "sleep-ready" pose), and the open gripper.
 START_ARM_POSE = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0])
 START_GRIPPER = 1.0
-MAX_REWARD = 4
+MAX_REWARD = 4  # the task stage that means "done" (gym-aloha's max_reward)
+# Seeds from here on are held out for evaluation (rollout, eval, the demo): recordings start at
+# `robot.sim.seed` (0) and each store continues upwards, so demonstrations and evaluations never share one.
+EVAL_SEED_START = 10_000
+# gym-aloha's normalisation of the follower ("puppet") gripper: the left finger's slide, m, at fraction 0
+# and 1 (gym_aloha/constants.py PUPPET_GRIPPER_POSITION_CLOSE / _OPEN, the same as ACT's constants.py).
+PUPPET_GRIPPER_POSITION_CLOSE = 0.01844
+PUPPET_GRIPPER_POSITION_OPEN = 0.05800
+_GRIPPER_SPAN_M = PUPPET_GRIPPER_POSITION_OPEN - PUPPET_GRIPPER_POSITION_CLOSE
+
+
+def gripper_to_finger(fraction: float) -> float:
+    """The left finger's slide target, m, for a gripper fraction (gym-aloha's
+    `unnormalize_puppet_gripper_position`); not clipped: the actuator's ctrlrange limits it."""
+    return PUPPET_GRIPPER_POSITION_CLOSE + float(fraction) * _GRIPPER_SPAN_M
+
+
+def finger_to_gripper(position_m: float) -> float:
+    """The gripper fraction of a left-finger slide position, m (gym-aloha's
+    `normalize_puppet_gripper_position`); the finger's range maps to about 0.066…0.975."""
+    return (float(position_m) - PUPPET_GRIPPER_POSITION_CLOSE) / _GRIPPER_SPAN_M
+
+
+def task_stage(task: str, contacts: set[tuple[str, str]]) -> int:
+    """The task stage 0..4 (4 = done) from the contacts, as gym-aloha's `get_reward` defines it
+    (gym_aloha/tasks/sim.py, from ACT's sim_env.py); `contacts` holds (geom1, geom2) name pairs.
+
+    Like gym-aloha it tests ordered pairs and one finger per gripper: the right gripper is its
+    `10_right_gripper_finger`, the left gripper its `10_left_gripper_finger`. (MuJoCo reports these pairs in
+    this order — the object's box geom before a finger's or the table's mesh, the peg before the socket.)
+
+    transfer_cube: 1 the right finger touches the cube; 2 … and the cube is off the table; 3 the left
+    finger touches the cube; 4 … and the cube is off the table.
+    insertion: 1 the left finger touches a socket wall and the right finger the peg; 2 … and neither is
+    on the table; 3 the peg touches a socket wall, neither on the table; 4 the peg touches the pin."""
+    if task == "transfer_cube":
+        right = ("red_box", "vx300s_right/10_right_gripper_finger") in contacts
+        left = ("red_box", "vx300s_left/10_left_gripper_finger") in contacts
+        table = ("red_box", "table") in contacts
+        stage = 0
+        if right:
+            stage = 1
+        if right and not table:
+            stage = 2  # lifted by the right arm
+        if left:
+            stage = 3  # attempted transfer
+        if left and not table:
+            stage = 4  # successful transfer
+        return stage
+    if task != "insertion":
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    sockets = [f"socket-{i}" for i in range(1, 5)]
+    right = ("red_peg", "vx300s_right/10_right_gripper_finger") in contacts
+    left = any((s, "vx300s_left/10_left_gripper_finger") in contacts for s in sockets)
+    peg_table = ("red_peg", "table") in contacts
+    socket_table = any((s, "table") in contacts for s in sockets)
+    peg_socket = any(("red_peg", s) in contacts for s in sockets)
+    stage = 0
+    if left and right:
+        stage = 1  # touch both
+    if left and right and not peg_table and not socket_table:
+        stage = 2  # grasp both
+    if peg_socket and not peg_table and not socket_table:
+        stage = 3  # peg and socket touching
+    if ("red_peg", "pin") in contacts:
+        stage = 4  # successful insertion
+    return stage
 
 
 @dataclass(frozen=True)
@@ -113,14 +189,14 @@ class AlohaSim:
                 [aid_of_joint(j) for j in ids] + [aid_of_joint(jid(f"vx300s_{side}/right_finger"))]
             )
         lo, hi = m.actuator_ctrlrange[self._act["left"][ARM_DOF - 1]]
-        self.finger_range = (float(lo), float(hi))  # left-finger slide, m: closed … open
+        self.finger_range = (float(lo), float(hi))  # left-finger actuator's reach, m: closed … open
         self._limits = np.zeros((STATE_DIM, 2))
         for side in SIDES:
             ids = [jid(f"vx300s_{side}/{j}") for j in ARM_JOINTS]
             self._limits[side_slice(side)] = np.vstack([m.jnt_range[ids], [0.0, 1.0]])
         self._objects = self._object_joints()
-        self._geom = {
-            name: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, name) for name in self._contact_geoms()
+        self._geom_names = {  # the geoms the task stages look at: id -> name
+            mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, name): name for name in self._contact_geoms()
         }
         self._renderers: dict[tuple[int, int], object] = {}
         self._frame_cache: dict[tuple[str, int, int], np.ndarray] = {}
@@ -163,9 +239,10 @@ class AlohaSim:
         )
         mj.mj_resetData(m, d)
         start = np.concatenate([START_ARM_POSE, [START_GRIPPER]])
+        finger = float(np.clip(gripper_to_finger(START_GRIPPER), *self.finger_range))  # as far as it opens
         for side in SIDES:
-            d.qpos[self._qpos[side]] = np.concatenate([START_ARM_POSE, [self._finger(START_GRIPPER)]])
-            d.qpos[self._qpos[side][-1] + 1] = -self._finger(START_GRIPPER)
+            d.qpos[self._qpos[side]] = np.concatenate([START_ARM_POSE, [finger]])
+            d.qpos[self._qpos[side][-1] + 1] = -finger
             self._write_ctrl(side, start)
         for name, pos in self.sample_object_poses(self.seed).items():
             adr = m.jnt_qposadr[mj.mj_name2id(m, mj.mjtObj.mjOBJ_JOINT, name)]
@@ -196,14 +273,10 @@ class AlohaSim:
         return self._t0_ns + round(self._steps * self.model.opt.timestep * NS_PER_S)
 
     # -- arms ------------------------------------------------------------------------------------------------
-    def _finger(self, fraction: float) -> float:
-        lo, hi = self.finger_range
-        return lo + float(np.clip(fraction, 0.0, 1.0)) * (hi - lo)
-
     def _write_ctrl(self, side: str, target: np.ndarray) -> None:
         ids = self._act[side]
         self.data.ctrl[ids[:6]] = target[:6]
-        finger = self._finger(target[6])
+        finger = gripper_to_finger(target[6])  # MuJoCo clamps it to the finger actuators' ctrlrange
         self.data.ctrl[ids[6]] = finger
         self.data.ctrl[ids[7]] = -finger
 
@@ -216,13 +289,13 @@ class AlohaSim:
         self._write_ctrl(side, target)
 
     def joint_state(self, side: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Measured position, velocity and actuator force of one arm (gripper as a 0..1 fraction)."""
+        """Measured position, velocity and actuator force of one arm (gripper as gym-aloha's fraction, which
+        the finger's range keeps within about 0.066…0.975; velocity in fractions per s)."""
         self.sync()
-        lo, hi = self.finger_range
         pos = self.data.qpos[self._qpos[side]].copy()
         vel = self.data.qvel[self._qvel[side]].copy()
-        pos[6] = (pos[6] - lo) / (hi - lo)
-        vel[6] = vel[6] / (hi - lo)
+        pos[6] = finger_to_gripper(pos[6])
+        vel[6] = vel[6] / _GRIPPER_SPAN_M
         effort = self.data.actuator_force[self._act[side][:7]].copy()
         return pos, vel, effort
 
@@ -239,62 +312,23 @@ class AlohaSim:
         return out
 
     # -- task ------------------------------------------------------------------------------------------------
-    def _contacts(self) -> set[tuple[int, int]]:
-        d = self.data
+    def contacts(self) -> set[tuple[str, str]]:
+        """(geom1, geom2) names of the current contacts among the geoms the task stages look at."""
+        self.sync()
+        d, names = self.data, self._geom_names
         pairs = set()
         for i in range(d.ncon):
-            a, b = int(d.contact[i].geom1), int(d.contact[i].geom2)
-            pairs.add((a, b))
-            pairs.add((b, a))
+            a, b = names.get(int(d.contact[i].geom1)), names.get(int(d.contact[i].geom2))
+            if a is not None and b is not None:
+                pairs.add((a, b))
         return pairs
 
     def reward(self) -> int:
-        """Task stage 0..4 (ACT's definitions); 4 means the task is done."""
-        self.sync()
-        c, g = self._contacts(), self._geom
-
-        def touch(a: str, b: str) -> bool:
-            return (g[a], g[b]) in c
-
-        def touch_gripper(obj: str, side: str) -> bool:
-            return touch(obj, f"vx300s_{side}/10_left_gripper_finger") or touch(
-                obj, f"vx300s_{side}/10_right_gripper_finger"
-            )
-
-        if self.config.task == "transfer_cube":
-            right, left, table = (
-                touch_gripper("red_box", "right"),
-                touch_gripper("red_box", "left"),
-                touch("red_box", "table"),
-            )
-            stage = 0
-            if right:
-                stage = 1
-            if right and not table:
-                stage = 2  # lifted by the right arm
-            if left:
-                stage = 3  # the left arm touches it
-            if left and not table:
-                stage = 4  # held by the left arm, off the table
-            return stage
-        sockets = [f"socket-{i}" for i in range(1, 5)]
-        right = touch_gripper("red_peg", "right")
-        left = any(touch_gripper(s, "left") for s in sockets)
-        peg_table = touch("red_peg", "table")
-        socket_table = any(touch(s, "table") for s in sockets)
-        peg_socket = any(touch("red_peg", s) for s in sockets)
-        stage = 0
-        if left and right:
-            stage = 1
-        if left and right and not peg_table and not socket_table:
-            stage = 2  # both lifted
-        if peg_socket and not peg_table and not socket_table:
-            stage = 3  # peg enters the socket in the air
-        if touch("red_peg", "pin"):
-            stage = 4  # peg reaches the pin
-        return stage
+        """The task stage 0..4 now (gym-aloha's reward, see `task_stage`); 4 means the task is done."""
+        return task_stage(self.config.task, self.contacts())
 
     def is_success(self) -> bool:
+        """Whether the task is done now; an episode's success is `StageTracker.success` (any tick)."""
         return self.reward() >= MAX_REWARD
 
     # -- cameras ----------------------------------------------------------------------------------------------
@@ -341,3 +375,38 @@ class AlohaSim:
         for r in self._renderers.values():
             r.close()
         self._renderers.clear()
+
+
+class StageTracker:
+    """The one success rule, for every loop that judges a simulated episode (record, rollout, teleop, the
+    scripted benchmark): `update()` once per control tick; the episode succeeded if the task reached stage
+    `MAX_REWARD` at any tick — gym-aloha terminates an episode when reward == max_reward, and LeRobot's eval
+    counts an episode successful if any step succeeded. What happens after (the cube dropped again) does
+    not undo it."""
+
+    def __init__(self, sim: AlohaSim) -> None:
+        self.sim = sim
+        self.reset()
+
+    def reset(self) -> None:
+        """A new episode."""
+        self.stage = 0  # the stage at the last update
+        self.max_stage = 0  # the highest stage at any update
+        self.ticks = 0  # updates since the reset
+        self.success_tick: int | None = None  # the update (0-based) at which stage 4 was first reached
+        self.stage_ticks: list[int | None] = [None] * MAX_REWARD  # first update reaching stage 1, 2, …
+
+    def update(self) -> int:
+        """Judge the world now (one control tick); returns the stage."""
+        self.stage = self.sim.reward()
+        self.max_stage = max(self.max_stage, self.stage)
+        for s in range(self.stage):
+            if self.stage_ticks[s] is None:
+                self.stage_ticks[s] = self.ticks
+        self.success_tick = self.stage_ticks[MAX_REWARD - 1]
+        self.ticks += 1
+        return self.stage
+
+    @property
+    def success(self) -> bool:
+        return self.max_stage >= MAX_REWARD

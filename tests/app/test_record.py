@@ -13,7 +13,7 @@ from app.record import RecordPlan, record
 from drivers.errors import DeviceError
 from drivers.joints import JOINT_NAMES
 from recording.integrity import validate
-from recording.reader import EpisodeStore
+from recording.reader import EpisodeStore, recorded_seeds
 
 SMALL = """
 cameras:
@@ -57,7 +57,7 @@ def test_record_in_sim_writes_successful_episodes_with_the_design_attributes(rec
     assert store.attrs["image_codec"]["name"] == "jpeg" and store.attrs["image_codec"]["jpeg_quality"] == 90
     for ep, seed in ((0, 0), (1, 1)):
         info = store.info(ep)
-        assert info["success"] is True and info["success_source"] == "sim"
+        assert info["success"] is True and info["success_source"] == "sim" and info["max_stage"] == 4
         assert info["seed"] == seed and info["sim_task"] == "transfer_cube"
         assert info["task"] == "transfer the cube to the other arm"
         assert info["calibration"]["kind"] == "sim" and info["robot_type"] == "sim"
@@ -189,3 +189,65 @@ def test_bench_recorder_prints_its_numbers_as_json_last(tmp_path, small_config, 
     assert result["throughput"]["x_realtime"] > 0 and result["samples_per_s"] > 0
     assert min(result["psnr_db"].values()) > 30 and result["bytes_per_minute"] > 0
     assert list(tmp_path.iterdir()) == []  # the temporary store is removed
+
+
+def test_a_store_continues_its_seeds_and_an_explicit_repeat_is_warned(tmp_path, small_config, capsys):
+    path = tmp_path / "seeds.zarr"
+    argv = ["record", "--config", str(small_config), "--robot", "sim", "--dataset", str(path),
+            "--episode-seconds", "0.5"]  # fmt: skip
+    assert main([*argv, "--episodes", "2"]) == 0
+    assert recorded_seeds(path) == {0, 1}
+    assert main([*argv, "--episodes", "3"]) == 0  # a second session appended: continues, repeats nothing
+    store = EpisodeStore(path)
+    assert [store.info(e)["seed"] for e in store.episodes] == [0, 1, 2, 3, 4]
+    assert recorded_seeds(store) == recorded_seeds(path) == {0, 1, 2, 3, 4}
+    # Different seeds, different demonstrations (the cube is elsewhere, so is the plan).
+    assert not np.array_equal(store.get(0, "leader.action"), store.get(2, "leader.action"))
+    assert "warning" not in capsys.readouterr().out
+    assert main([*argv, "--episodes", "1", "--seed", "3"]) == 0  # asked for: recorded, with a warning
+    out = capsys.readouterr().out
+    assert "warning: seeds.zarr already holds episodes recorded on seed(s) 3" in out
+    assert EpisodeStore(path).info(5)["seed"] == 3
+    assert main([*argv, "--episodes", "1", "--seed", "10000"]) == 0
+    assert "held out for evaluation" in capsys.readouterr().out
+    assert main([*argv, "--episodes", "1"]) == 0  # continues after the highest seed
+    assert EpisodeStore(path).info(7)["seed"] == 10001
+
+
+class DropTheCube:
+    """After the hand-over, puts the cube back on the table away from both grippers, and records the stage
+    at each tick after: the episode ends at stage 0 though it reached stage 4."""
+
+    def __init__(self, sim, at_tick: int) -> None:
+        self.sim, self.at_tick, self.stages_after = sim, at_tick, []
+
+    def on_step(self, e) -> None:
+        sim = self.sim
+        if e.tick == self.at_tick:
+            joint = sim.mj.mj_name2id(sim.model, sim.mj.mjtObj.mjOBJ_JOINT, "red_box_joint")
+            adr, dof = sim.model.jnt_qposadr[joint], sim.model.jnt_dofadr[joint]
+            sim.data.qpos[adr : adr + 7] = [0.2, 0.4, 0.02, 1.0, 0.0, 0.0, 0.0]
+            sim.data.qvel[dof : dof + 6] = 0.0
+            sim.mj.mj_forward(sim.model, sim.data)
+        if e.tick >= self.at_tick:
+            self.stages_after.append(sim.reward())
+
+    def on_episode(self, e) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_recorded_episode_succeeds_if_stage_4_was_reached_at_any_tick(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SMALL)
+    config = load_config(cfg)
+    rig = build_rig(config)
+    drop = DropTheCube(rig.sim, at_tick=285)  # stage 4 from ~7 s on; dropped at 9.5 s of 10
+    plan = RecordPlan(tmp_path / "d.zarr", "t", episodes=1, seconds=10.0, reset_seconds=0.0)
+    report, _ = record(config, plan, extra_subscribers=(drop,), rig=rig)
+    assert drop.stages_after and drop.stages_after[-1] == 0  # not done at the last tick …
+    info = EpisodeStore(tmp_path / "d.zarr").info(0)
+    assert info["success"] is True and info["max_stage"] == 4  # … but done at some tick: a success
+    assert report.episodes[0]["success"] is True

@@ -17,6 +17,7 @@ from app import rollout
 from app.cli import add_common, main
 from app.config import load_config
 from app.errors import CliError
+from drivers.sim.aloha import EVAL_SEED_START
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = """
@@ -63,6 +64,19 @@ def test_rollout_scripted_prints_a_summary(config_path, tmp_path, capsys, mode):
     assert data["mode"] == mode and data["tasks"] >= 1 and data["success_rate"] == 1.0
     assert data["ticks"] == 300 and data["delay_ticks"] == {"3": data["chunks"]["on_time"]}
     assert len(data["tasks_per_minute_bucket"]) == 1
+    # Held-out seeds by default (never the recordings' 0, 1, …), and the summary says which.
+    seeds = [e["seed"] for e in data["episodes"]]
+    assert seeds == list(range(EVAL_SEED_START, EVAL_SEED_START + len(seeds)))
+    assert f"seeds: {EVAL_SEED_START}…" in out and "held out" in out
+    done = [e for e in data["episodes"] if e["success"]]
+    assert done and all(e["max_stage"] == 4 and e["reason"] == "success" for e in done)
+
+
+def test_rollout_seed_overrides_the_held_out_start(config_path, tmp_path, capsys):
+    summary = tmp_path / "summary.json"
+    assert rollout_cli(["--duration", "1s", "--seed", "7", "--summary", str(summary)], config_path) == 0
+    assert [e["seed"] for e in json.loads(summary.read_text())["episodes"]] == [7]
+    assert f"seeds: 7…7 (1 episode; below {EVAL_SEED_START}: not held out)" in capsys.readouterr().out
 
 
 def test_rollout_policy_sources_fail_clearly(config_path, tmp_path):

@@ -5,11 +5,21 @@ import pytest
 
 from drivers.clock import SimClock
 from drivers.errors import DeviceError, StaleSampleError
-from drivers.joints import SIDES
+from drivers.joints import SIDES, side_slice
 from drivers.robot import BimanualRobot
-from drivers.safety import SafetyConfig
-from drivers.sim.aloha import AlohaSim, SimConfig
+from drivers.safety import SafetyConfig, SafetyLayer
+from drivers.sim.aloha import (
+    PUPPET_GRIPPER_POSITION_CLOSE,
+    PUPPET_GRIPPER_POSITION_OPEN,
+    AlohaSim,
+    SimConfig,
+    StageTracker,
+    finger_to_gripper,
+    gripper_to_finger,
+    task_stage,
+)
 from drivers.sim.parts import SimArm, SimCamera
+from drivers.sim.scripted import ScriptedTeleoperator
 
 TICK_NS = 33_333_333
 REACH = np.array([0.3, -0.4, 0.6, 0.0, 0.4, 0.3, 0.2])
@@ -163,3 +173,128 @@ def test_insertion_scene_loads_with_two_objects():
 def test_bad_sim_config_names_the_field():
     with pytest.raises(ValueError, match="task must be one of"):
         SimConfig(task="folding")
+
+
+# -- compatibility with gym-aloha: task stages, success rule, gripper fraction ---------------------------------
+RIGHT_R, RIGHT_L = "vx300s_right/10_right_gripper_finger", "vx300s_right/10_left_gripper_finger"
+LEFT_L, LEFT_R = "vx300s_left/10_left_gripper_finger", "vx300s_left/10_right_gripper_finger"
+
+
+def test_transfer_cube_stages_count_one_finger_per_gripper_as_gym_aloha_does():
+    stage = lambda *pairs: task_stage("transfer_cube", set(pairs))  # noqa: E731
+    assert stage() == 0
+    assert stage(("red_box", RIGHT_L), ("red_box", "table")) == 0  # the right gripper's other finger: no
+    assert stage(("red_box", RIGHT_R), ("red_box", "table")) == 1
+    assert stage(("red_box", RIGHT_R)) == 2  # lifted
+    assert stage(("red_box", RIGHT_L)) == 0
+    assert stage(("red_box", LEFT_R), ("red_box", RIGHT_R)) == 2  # the left gripper's other finger: no
+    assert stage(("red_box", LEFT_L), ("red_box", RIGHT_R), ("red_box", "table")) == 3
+    assert stage(("red_box", LEFT_L), ("red_box", RIGHT_R)) == 4
+    assert stage(("red_box", LEFT_L)) == 4
+    assert stage((RIGHT_R, "red_box")) == 0  # ordered pairs, as gym-aloha tests them
+
+
+def test_insertion_stages_follow_gym_aloha():
+    stage = lambda *pairs: task_stage("insertion", set(pairs))  # noqa: E731
+    both = (("socket-2", LEFT_L), ("red_peg", RIGHT_R))
+    assert stage(*both, ("red_peg", "table")) == 1
+    assert stage(*both, ("socket-1", "table")) == 1
+    assert stage(*both) == 2
+    assert stage(("socket-2", LEFT_R), ("red_peg", RIGHT_L)) == 0  # the other fingers do not count
+    assert stage(("socket-2", LEFT_L), ("red_peg", RIGHT_L)) == 0
+    assert stage(*both, ("red_peg", "socket-3")) == 3
+    assert stage(("red_peg", "socket-3"), ("red_peg", "table")) == 0
+    assert stage(("red_peg", "pin"), ("red_peg", "table")) == 4
+    with pytest.raises(ValueError, match="task must be one of"):
+        task_stage("folding", set())
+
+
+class _GymAlohaPhysics:
+    """What gym-aloha's `get_reward(physics)` reads, on our MuJoCo world."""
+
+    def __init__(self, sim: AlohaSim) -> None:
+        self.data = sim.data
+        mj, model = sim.mj, sim.model
+
+        class _Model:
+            @staticmethod
+            def id2name(i: int, kind: str) -> str:
+                return mj.mj_id2name(model, mj.mjtObj.mjOBJ_GEOM, i)
+
+        self.model = _Model()
+
+
+@pytest.mark.parametrize("task", ["transfer_cube", "insertion"])
+def test_stages_equal_gym_alohas_reward_at_every_tick_of_a_scripted_episode(task):
+    gym_sim = pytest.importorskip("gym_aloha.tasks.sim", reason="gym-aloha's tasks need dm_control")
+    reference = {"transfer_cube": gym_sim.TransferCubeTask, "insertion": gym_sim.InsertionTask}[task]
+    clock = SimClock()
+    sim = AlohaSim(SimConfig(task=task, seed=5), clock)
+    teleop = ScriptedTeleoperator(sim)
+    physics = _GymAlohaPhysics(sim)
+    tracker = StageTracker(sim)
+    try:
+        stages, theirs = [], []
+        for _ in range(300):
+            for side in SIDES:
+                sim.set_targets(side, teleop.action(sim.time_s)[side_slice(side)])
+            clock.advance(TICK_NS)
+            stages.append(tracker.update())
+            theirs.append(reference.get_reward(None, physics))
+    finally:
+        sim.close()
+    assert stages == theirs
+    reached = list(dict.fromkeys(stages))  # stages in the order first reached
+    assert reached == sorted(reached) and reached[0] == 0 and reached[-1] == 4 and len(reached) >= 3
+    assert tracker.success and tracker.max_stage == 4 and tracker.success_tick == stages.index(4)
+
+
+def test_success_is_stage_4_at_any_tick_and_a_reset_forgets_it(world):
+    sim, _ = world
+    tracker = StageTracker(sim)
+    staged = iter([1, 2, 4, 3, 0])
+    real_reward = sim.reward
+    sim.reward = lambda: next(staged)  # a cube handed over, then dropped
+    try:
+        assert [tracker.update() for _ in range(5)] == [1, 2, 4, 3, 0]
+    finally:
+        sim.reward = real_reward
+    assert tracker.success and tracker.max_stage == 4 and tracker.success_tick == 2 and tracker.stage == 0
+    tracker.reset()
+    assert not tracker.success and tracker.max_stage == 0 and tracker.success_tick is None
+
+
+def test_gripper_fraction_is_gym_alohas_puppet_normalisation():
+    constants = pytest.importorskip("gym_aloha.constants")
+    assert PUPPET_GRIPPER_POSITION_CLOSE == constants.PUPPET_GRIPPER_POSITION_CLOSE == 0.01844
+    assert PUPPET_GRIPPER_POSITION_OPEN == constants.PUPPET_GRIPPER_POSITION_OPEN == 0.058
+    assert gripper_to_finger(0.0) == pytest.approx(0.01844) and gripper_to_finger(1.0) == pytest.approx(0.058)
+    for x in (-0.1, 0.0, 0.3, 0.5, 1.0, 1.2):
+        assert gripper_to_finger(x) == pytest.approx(constants.unnormalize_puppet_gripper_position(x))
+        assert finger_to_gripper(gripper_to_finger(x)) == pytest.approx(x)
+    for m in (0.021, 0.04, 0.057):
+        assert finger_to_gripper(m) == pytest.approx(constants.normalize_puppet_gripper_position(m))
+
+
+def test_gripper_commands_are_clamped_by_the_actuator_and_measured_states_pass_safety(world):
+    sim, clock = world
+    sim.reset(0)
+    lo, hi = sim.finger_range
+    assert (lo, hi) == pytest.approx((0.021, 0.057))
+    open_state = np.concatenate([sim.joint_state(s)[0] for s in SIDES])
+    assert open_state[6] == pytest.approx(finger_to_gripper(0.057))  # the start pose: as open as it goes
+    assert open_state[6] == pytest.approx(0.9747, abs=1e-4)
+    closed = REACH.copy()
+    closed[6] = 0.0  # 0.01844 m asked, the actuator stops at 0.021 m
+    state = run_ticks(sim, clock, closed, 60)
+    finger = sim.data.qpos[sim._qpos["left"][-1]]
+    assert lo - 1e-3 <= finger <= lo + 2e-3
+    assert state[6] == pytest.approx(finger_to_gripper(lo), abs=0.05)  # ~0.066: closed on nothing
+    assert 0.0 < state[6] < 0.15
+    np.testing.assert_array_equal(sim.limits()[[6, 13]], [[0.0, 1.0], [0.0, 1.0]])  # commands: [0, 1]
+    # A measured state (closed, open) starts a safety layer and is echoed back unchanged: nothing rejects it.
+    for measured in (state, open_state):
+        layer = SafetyLayer(SafetyConfig(), sim.limits(), measured)
+        held = layer.filter(measured)
+        assert not held.rejected and not held.clamped.any()
+        np.testing.assert_array_equal(held.action, measured)

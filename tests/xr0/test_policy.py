@@ -148,13 +148,20 @@ def test_processor_without_pad_token_is_rejected():
 
 
 def test_action_conversions_are_inverse():
-    from xr0.policy import RELATIVE_JOINTS, model_to_robot_actions, robot_to_model_actions
+    from xr0.policy import RELATIVE_JOINTS, model_to_robot_actions, robot_to_model_actions, to_xr0
 
     rng = np.random.default_rng(0)
     rel = np.asarray(RELATIVE_JOINTS)
     actions, state = rng.normal(size=(2, 5, 14)), rng.normal(size=(2, 14))
+    actions[..., [6, 13]] = rng.uniform(0.0, 1.0, (2, 5, 2))  # grippers are fractions
     model_space = robot_to_model_actions(actions, state, rel)
     assert model_space.shape == (2, 5, 32)
     np.testing.assert_allclose(model_space[..., 7], actions[..., 0] - state[:, None, 0])  # joint: relative
     np.testing.assert_array_equal(model_space[..., 6], actions[..., 6])  # gripper: absolute
     np.testing.assert_allclose(model_to_robot_actions(model_space, state, rel), actions)
+    # a gripper beyond its range is clipped the same way both ways (training targets, decoded chunks)
+    wide = actions.copy()
+    wide[0, 0, 6], wide[0, 1, 13] = 1.3, -0.2
+    assert robot_to_model_actions(wide, state, rel)[0, 0, 6] == 1.0
+    back = model_to_robot_actions(to_xr0(wide) + 0 * state[:, None, :1], state * 0, rel * False)
+    assert back[0, 0, 6] == 1.0 and back[0, 1, 13] == 0.0

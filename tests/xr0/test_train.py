@@ -40,7 +40,7 @@ def store(tmp_path_factory):
 def config(store, **kw) -> TrainConfig:
     data = DataConfig(datasets=(str(store),), cameras=CAMS, horizon=8, num_workers=0, eval_samples=4)
     base = TrainConfig(
-        init="tiny", steps=6, batch_size=4, training_repeat=2, max_pixels=1024, lr=1e-3, warmup_steps=0,
+        init="tiny", mode="frozen-vlm", steps=6, batch_size=4, training_repeat=2, max_pixels=1024, lr=1e-3, warmup_steps=0,
         log_every=1, eval_every=0, save_every=0, data=data,
     )  # fmt: skip
     return replace(base, **kw)
@@ -52,7 +52,7 @@ def trained(run: Path):
 
 
 def test_frozen_vlm_trains_the_head_and_leaves_the_vlm_bit_identical(store, tmp_path):
-    cfg = config(store)
+    cfg = config(store, mode="frozen-vlm")
     summary = Trainer(cfg, tmp_path / "run", progress=False).run()
     assert summary["steps"] == 6 and summary["stop"] == "steps"
     after, _ = trained(tmp_path / "run")
