@@ -181,6 +181,13 @@ def run(args, config: AppConfig) -> int:
             print(
                 f"  open-loop error ({split}): joints {r['joint_mae_rad']:.4f} rad, gripper {r['gripper_mae']:.4f}"
             )
+            v = r.get("vision")
+            if v:
+                print(
+                    f"  vision ({split}, first step of {v['episodes']} episodes): error with another episode's "
+                    f"images / own {v['swap_ratio']:.2f}×; reach spread predicted / recorded "
+                    f"{v['reach_spread_ratio']:.2f} (≈0: blind, ≈1: it looks)"
+                )
         print(f"  checkpoint: {summary['checkpoint']}")
         print(f"  roll it out: xr0 rollout --robot sim --policy {out / 'last'}")
         print(f"  summary: {out / 'summary.json'}")

@@ -357,6 +357,12 @@ def make_loader(
     )
 
 
+def start_keys(sources: Sequence[Source], split: str, count: int) -> list[tuple[int, int, int]]:
+    """The first step of up to `count` episodes of a split (for `vision_dependence`)."""
+    out = [(k, int(i), -1) for k, s in enumerate(sources) for i in s.split(split).starts]
+    return out[:count]
+
+
 def eval_keys(sources: Sequence[Source], split: str, count: int) -> list[tuple[int, int, int]]:
     """`count` samples spread evenly over a split's steps (deterministic; no augmentation)."""
     flat = [(k, i) for k, s in enumerate(sources) for i in range(len(s.split(split)))]

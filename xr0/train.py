@@ -428,7 +428,8 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------------------
     def _eval(self, step: int, metrics: Path, tb) -> dict[str, Any]:
         """Open-loop action error (robot units) on the fixed held-out and training samples."""
-        from xr0.evaluation import open_loop_error
+        from xr0.data import start_keys
+        from xr0.evaluation import open_loop_error, vision_dependence
 
         ctx, cfg = self.ctx, self.cfg
         self.wrapped.eval()
@@ -449,6 +450,21 @@ class Trainer:
             )
             for split, (dataset, keys) in self.eval_sets.items()
         }
+        # does the model look? the first step of several episodes, own vs another episode's images
+        for split, (dataset, _) in self.eval_sets.items():
+            vision = vision_dependence(
+                self.wrapped,
+                self.processor,
+                dataset,
+                start_keys(self.sources, split, cfg.data.eval_samples),
+                robot_type=cfg.data.robot_type,
+                relative=self.relative,
+                seed=cfg.seed,
+                device=ctx.device,
+                autocast=self.autocast,
+            )
+            if vision:
+                results[split]["vision"] = vision
         self.wrapped.train()
         if self.cfg.mode == "frozen-vlm":
             self.model.vlm.eval()
@@ -457,7 +473,11 @@ class Trainer:
             if tb is not None:
                 for split, r in results.items():
                     for k, v in r.items():
-                        tb.add_scalar(f"eval_{split}/{k}", v, step)
+                        if isinstance(v, dict):
+                            for kk, vv in v.items():
+                                tb.add_scalar(f"eval_{split}/{k}_{kk}", vv, step)
+                        else:
+                            tb.add_scalar(f"eval_{split}/{k}", v, step)
             log.info("step %d open-loop error: %s", step, json.dumps(results))
         return results
 

@@ -10,7 +10,7 @@ from app.cli import COMMANDS, main
 
 ALL_COMMANDS = [
     "doctor", "cameras", "teleop", "record", "replay", "dataset", "train", "serve",
-    "rollout", "calibrate", "bench", "model", "demo",
+    "rollout", "eval", "calibrate", "bench", "model", "demo",
 ]  # fmt: skip
 
 SMALL = """
@@ -92,7 +92,9 @@ def test_teleop_in_sim_succeeds_and_writes_a_readable_rrd(small_config, tmp_path
 
 
 @pytest.mark.slow
-def test_demo_quick_runs_the_whole_loop_and_its_report_matches_the_artefacts(small_config, tmp_path, capsys):
+def test_demo_quick_runs_the_whole_loop_twice_and_its_report_matches_the_artefacts(
+    small_config, tmp_path, capsys
+):
     out_dir, dataset = tmp_path / "demo", tmp_path / "demo.zarr"
     argv = [
         "demo",
@@ -104,7 +106,7 @@ def test_demo_quick_runs_the_whole_loop_and_its_report_matches_the_artefacts(sma
         "--dataset",
         str(dataset),
     ]
-    assert main([*argv, "--train-minutes", "0.3", "--rollout-minutes", "0.3"]) == 0
+    assert main([*argv, "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     report = json.loads((out_dir / "report.json").read_text())
     from recording.reader import EpisodeStore
@@ -112,12 +114,19 @@ def test_demo_quick_runs_the_whole_loop_and_its_report_matches_the_artefacts(sma
     store = EpisodeStore(dataset)
     assert report["record"]["episodes"] == len(store.episodes) == 2
     assert report["record"]["successes"] == 2  # the scripted demonstrations succeed
-    assert (out_dir / "train" / "last" / "config.json").exists()
-    assert report["train"]["summary"]["steps"] > 0
-    assert (out_dir / "rollout.rrd").stat().st_size > 10_000 and (out_dir / "rollout.png").exists()
-    assert report["rollout"]["ticks"] == round(0.3 * 60 * 30)  # 18 s of control time at 30 Hz
-    assert f"{report['rollout']['tasks']} tasks" in out
-    assert str(out_dir / "rollout.rrd") in out
+    assert report["train"]["summary"]["steps"] == 20 and report["train"]["summary"]["stop"] == "steps"
+    assert (out_dir / "train" / "last" / "deploy.json").exists()
+    rows = report["eval"]["rows"]
+    assert list(rows) == ["learned (tiny XR0)", "scripted demonstrator", "random policy"]
+    assert rows["scripted demonstrator"]["ran"] == 2
+    assert all(r["episodes"] == 2 for r in rows.values())
+    assert (out_dir / "eval" / "eval.json").exists() and list((out_dir / "eval" / "videos").glob("*.mp4"))
+    assert "closed-loop on 2 held-out seeds" in out and "random policy" in out
+    # again: the store, the finished run and the baselines are reused; nothing fails
+    assert main([*argv, "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing the finished training run" in out and "reusing" in out.split("(b)")[0]
+    assert json.loads((out_dir / "report.json").read_text())["train"].get("reused") is True
 
 
 def test_doctor_runs_and_prints_one_line_per_check(small_config, capsys):
