@@ -411,6 +411,8 @@ def eval_png(path: Path, title: str, results: list[EpisodeResult], totals: dict,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from app.viz import latency_histogram
+
     names = STAGES.get(task, STAGES["transfer_cube"])
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4), dpi=100)
     rates = [totals["stage_rates"][s] or 0.0 for s in names]
@@ -429,14 +431,7 @@ def eval_png(path: Path, title: str, results: list[EpisodeResult], totals: dict,
     a2.set_yticks(range(5), ["none", *names])
     a2.set_xlabel(f"episode (seeds {min(seeds)}…{max(seeds)})" if seeds else "episode")
     a2.set_title("stage reached per episode (green: success)")
-    latency = [x for r in results for x in r.latency_ms]
-    if latency:
-        a3.hist(latency, bins=40, color="#d8843b")
-        p50, p99 = np.percentile(latency, [50, 99])
-        a3.axvline(p50, color="k", linestyle="--", label=f"p50 {p50:.0f} ms")
-        a3.axvline(p99, color="r", linestyle="--", label=f"p99 {p99:.0f} ms")
-        a3.legend()
-    a3.set_xlabel("inference latency (ms)")
+    latency_histogram(a3, [x for r in results for x in r.latency_ms])
     a3.set_title(
         f"chunks rejected {totals['chunks']['rejected']}, errors {totals['chunks']['errors']}, clamps {totals['clamps']}"
     )

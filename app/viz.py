@@ -344,6 +344,17 @@ class RerunLogger:
         self.rec.log("chunks/latency_ms", rr.Scalars(c.latency_ms))
 
 
+def latency_histogram(ax, latencies_ms: list[float]) -> None:
+    """Inference latencies on a matplotlib axis, with the p50 and p99 marked."""
+    if latencies_ms:
+        ax.hist(latencies_ms, bins=40, color="#d8843b")
+        p50, p99 = np.percentile(latencies_ms, [50, 99])
+        ax.axvline(p50, color="k", linestyle="--", label=f"p50 {p50:.0f} ms")
+        ax.axvline(p99, color="r", linestyle="--", label=f"p99 {p99:.0f} ms")
+        ax.legend()
+    ax.set_xlabel("inference latency (ms)")
+
+
 def summary_png(
     path: Path, duration_s: float, success_times_s: list[float], latencies_ms: list[float]
 ) -> Path:
@@ -367,13 +378,7 @@ def summary_png(
     ax1.set_title(
         f"throughput: {total} tasks in {duration_s / 60:.1f} min ({total / max(duration_s / 60, 1e-9):.2f}/min)"
     )
-    if latencies_ms:
-        ax2.hist(latencies_ms, bins=40, color="#d8843b")
-        p50, p99 = np.percentile(latencies_ms, [50, 99])
-        ax2.axvline(p50, color="k", linestyle="--", label=f"p50 {p50:.0f} ms")
-        ax2.axvline(p99, color="r", linestyle="--", label=f"p99 {p99:.0f} ms")
-        ax2.legend()
-    ax2.set_xlabel("inference latency (ms)")
+    latency_histogram(ax2, latencies_ms)
     ax2.set_ylabel("chunks")
     ax2.set_title("inference latency")
     fig.tight_layout()

@@ -100,7 +100,7 @@ def test_scripted_on_held_out_seeds_over_two_processes(config_path, tmp_path, ca
     assert report["seeds"] == [EVAL_SEED_START, EVAL_SEED_START + 1] and report["jobs"] == 2
 
 
-def tiny_checkpoint(path: Path, cameras=("cam_high",), seeds=(0, 1), fps=30.0) -> Path:
+def tiny_checkpoint(path: Path, cameras=("cam_high",), seeds=(0, 1), fps=30.0, privileged=()) -> Path:
     """A random tiny XR0 saved with a deployment contract (no training needed to test the contract)."""
     from xr0.checkpoint import save_checkpoint
     from xr0.config import variant
@@ -125,6 +125,7 @@ def tiny_checkpoint(path: Path, cameras=("cam_high",), seeds=(0, 1), fps=30.0) -
         max_prefix=6,
         relative=(True,) * 6 + (False,) + (True,) * 6 + (False,),
         seeds=tuple(seeds),
+        privileged=tuple(privileged),
         stats_sha256=stats_digest(mean, std),
     ).save(path)
     return path
@@ -207,3 +208,41 @@ def test_a_server_that_goes_away_fails_the_remaining_episodes_with_the_reason(
     assert results[0].reason == "timeout" and results[0].chunks["used"] > 0  # 3 s: not done, but served
     assert results[1].reason.startswith("policy error") and results[1].chunks["used"] == 0
     assert results[2].reason == results[1].reason and results[2].ticks == 0
+
+
+def test_a_privileged_model_runs_under_eval_only(config_path, tmp_path, capsys):
+    """Rung (b): a model that reads where the cube started gets it from the simulator under `xr0 eval`,
+    in unused dims of its state; `xr0 rollout` refuses it, with a sentence."""
+    from xr0.boundary import PolicyObservation
+    from xr0.policy import XR0Policy
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", privileged=("object_start",))
+    policy = XR0Policy.from_checkpoint(ckpt)
+    assert policy.spec.privileged == ("object_start",)
+    obs = PolicyObservation({"cam_high": np.zeros((48, 64, 3), np.uint8)}, np.zeros(14), "go", 0)
+    with pytest.raises(ValueError, match="object_start"):
+        policy.infer(obs, np.zeros((0, 14)))
+    a = policy.infer(replace(obs, privileged={"object_start": np.array([0.1, 0.5, 0.05])}), np.zeros((0, 14)))
+    b = policy.infer(replace(obs, privileged={"object_start": np.array([0.0, 0.4, 0.05])}), np.zeros((0, 14)))
+    assert a.actions.shape == (30, 14) and not np.array_equal(a.actions, b.actions)  # it reads the input
+    argv = ["--config", str(config_path), "--policy", str(ckpt)]
+    assert (
+        main(
+            [
+                "eval",
+                *argv,
+                "--episodes",
+                "1",
+                "--jobs",
+                "1",
+                "--episode-seconds",
+                "1",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
+    assert last_json(capsys.readouterr().out)["chunks"]["used"] >= 1
+    assert main(["rollout", *argv, "--duration", "1s"]) == 1
+    assert "simulator-only inputs (object_start)" in capsys.readouterr().err
