@@ -83,6 +83,18 @@ def add_arguments(p) -> None:
     p.add_argument("--freq-loss-weight", type=float, default=None, help="frequency loss weight (0 = off)")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY", help="EMA decay (0 = off)")
     p.add_argument("--max-pixels", type=int, default=None, help="pixels per view for new checkpoints")
+    p.add_argument(
+        "--state-noise", type=float, default=None, metavar="RAD", help="noise on the joints the model sees"
+    )
+    p.add_argument("--crop-scale", type=float, default=None, help="random crop side fraction (1 = no crop)")
+    p.add_argument(
+        "--start-emphasis",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("STEPS", "REPEAT"),
+        help="draw the first STEPS steps of each episode REPEAT extra times per epoch",
+    )
     p.add_argument("--cameras", nargs="+", default=None, help="cameras in prompt order")
     p.add_argument("--horizon", type=int, default=None, help="chunk length T")
     p.add_argument("--val-episodes", type=int, default=None, help="episodes held out per store")
@@ -140,9 +152,14 @@ def train_config(args, config: AppConfig):
         "val_episodes": args.val_episodes,
         "num_workers": args.num_workers,
         "privileged": tuple(args.privileged) if args.privileged else None,
+        "start_steps": args.start_emphasis[0] if args.start_emphasis else None,
+        "start_repeat": args.start_emphasis[1] if args.start_emphasis else None,
     }
+    augment = {"state_noise_rad": args.state_noise, "crop_scale": args.crop_scale}
     try:
         data_cfg = replace(cfg.data, **{k: v for k, v in data.items() if v is not None})
+        aug_cfg = replace(cfg.augment, **{k: v for k, v in augment.items() if v is not None})
+        top["augment"] = aug_cfg
         out = replace(cfg, data=data_cfg, **{k: v for k, v in top.items() if v is not None})
     except ValueError as e:
         raise CliError(str(e).removeprefix("train.")) from e

@@ -35,6 +35,10 @@ class AugmentConfig:
     saturation: tuple[float, float] = (0.5, 1.5)
     # Probability of each colour op (brightness, contrast, saturation), drawn independently.
     prob: float = 0.5
+    # Std of Gaussian noise added to the arm joints of the state the model sees (rad; 0 = off). The
+    # targets stay relative to the measured state, so the model cannot read the demonstration's path off
+    # the exact joint positions and must use the images (the "copycat" problem of behaviour cloning).
+    state_noise_rad: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.crop_scale <= 1:
@@ -47,6 +51,8 @@ class AugmentConfig:
                 raise ValueError(f"augment.{name} must be a range [low, high] with 0 <= low <= high")
         if not 0 <= self.prob <= 1:
             raise ValueError(f"augment.prob must be in [0, 1], got {self.prob}")
+        if not 0 <= self.state_noise_rad <= 0.5:
+            raise ValueError(f"augment.state_noise_rad must be in [0, 0.5] rad, got {self.state_noise_rad}")
 
 
 @dataclass(frozen=True)
@@ -111,3 +117,13 @@ def augment_views(
         return list(images)
     draw = draw_augment(config, rng)
     return [apply_augment(image, draw, config) for image in images]
+
+
+def noisy_state(state: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """The (14,) state the model sees in training: the arm joints plus `state_noise_rad` of Gaussian noise
+    (grippers untouched); the state itself when augmentation or the noise is off."""
+    if not config.enabled or config.state_noise_rad == 0:
+        return state
+    noise = rng.normal(0.0, config.state_noise_rad, np.shape(state))
+    noise[[6, 13]] = 0.0
+    return np.asarray(state, np.float64) + noise

@@ -35,7 +35,7 @@ import torch
 
 from recording.reader import EpisodeStore, SampleIndex
 from recording.schema import StoreError
-from xr0.augment import AugmentConfig, augment_views
+from xr0.augment import AugmentConfig, augment_views, noisy_state
 from xr0.policy import STATE_DIM, VIEW_LABELS, XR0_INDEX, robot_to_model_actions, state_vector
 from xr0.processor import XR0Processor
 from xr0.train_config import DataConfig
@@ -114,8 +114,11 @@ class Source:
     weight: float
     train: SampleIndex
     val: SampleIndex
+    draw: SampleIndex | None = None  # what training draws from: `train` with the episodes' starts repeated
 
     def split(self, name: str) -> SampleIndex:
+        if name == "draw":
+            return self.draw if self.draw is not None else self.train
         return self.train if name == "train" else self.val
 
 
@@ -167,12 +170,20 @@ def open_sources(config: DataConfig, cameras: Sequence[str]) -> list[Source]:
         if config.val_episodes and not n_val:
             log.warning("dataset %s has %d episode(s): none held out for evaluation", path, len(episodes))
         cut = len(episodes) - n_val
+        train_eps, train_lengths = episodes[:cut], lengths[:cut]
+        draw = None
+        if config.start_repeat and config.start_steps:
+            starts = [min(config.start_steps, n) for n in train_lengths]
+            draw = SampleIndex.build(
+                train_eps * (1 + config.start_repeat), train_lengths + starts * config.start_repeat
+            )
         sources.append(
             Source(
                 path=path,
                 weight=float(weight),
-                train=SampleIndex.build(episodes[:cut], lengths[:cut]),
+                train=SampleIndex.build(train_eps, train_lengths),
                 val=SampleIndex.build(episodes[cut:], lengths[cut:]),
+                draw=draw,
             )
         )
     return sources
@@ -308,12 +319,13 @@ class TrainingSamples(torch.utils.data.Dataset):
         actions, is_pad = store.window(episode, ACTION_KEY, t, self.horizon)
         info = store.info(episode)
         task = info["task"]
+        seen = noisy_state(state, self.augment, np.random.default_rng([self.seed, 4, g])) if g >= 0 else state
         privileged = {name: np.asarray(info[name], np.float64) for name in self.privileged}
         return {
             "inputs": encode_views(
                 self.processor, task, dict(zip(self.cameras, images, strict=True)), self.cameras
             ),
-            "state": model_state(state, privileged),  # (1, 32)
+            "state": model_state(seen, privileged),  # (1, 32)
             "actions": model_targets(self.processor, self.robot_type, actions, state, self.relative).float(),
             "valid": torch.as_tensor(~is_pad, dtype=torch.float32),  # (T,)
             "robot_state": torch.as_tensor(state, dtype=torch.float64),  # (14,) for the open-loop error

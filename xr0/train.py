@@ -252,11 +252,11 @@ class Trainer:
         self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
         seed = cfg.seed
         self.schedule = MixtureSchedule(
-            [len(s.train) for s in self.sources], [s.weight for s in self.sources], seed
+            [len(s.split("draw")) for s in self.sources], [s.weight for s in self.sources], seed
         )
         common = (self.processor, self.cameras, self.relative, cfg.data.horizon, cfg.data.robot_type)
         priv = cfg.data.privileged
-        self.train_set = TrainingSamples(self.sources, *common, cfg.augment, seed, "train", priv)
+        self.train_set = TrainingSamples(self.sources, *common, cfg.augment, seed, "draw", priv)
         self.eval_sets = {
             split: (TrainingSamples(self.sources, *common, cfg.augment, seed, split, priv), keys)
             for split in ("val", "train")

@@ -40,6 +40,10 @@ class DataConfig:
     # Simulator-only inputs appended to the state (rung (b) of the diagnostics ladder, docs/eval.md):
     # ["object_start"] trains a model that is told where the cube started. Never for a deployed model.
     privileged: tuple[str, ...] = ()
+    # Emphasis on the start of episodes, where only the images say where the object is: the first
+    # `start_steps` steps of each training episode are drawn `start_repeat` extra times per epoch (0 = off).
+    start_steps: int = 0
+    start_repeat: int = 0
 
     def __post_init__(self) -> None:
         if self.weights and len(self.weights) != len(self.datasets):
@@ -53,7 +57,7 @@ class DataConfig:
                 raise ValueError(f"data.cameras: unknown camera {cam!r}; cameras are {', '.join(CAMERAS)}")
         if self.horizon < 2:
             raise ValueError(f"data.horizon must be >= 2, got {self.horizon}")
-        for name in ("val_episodes", "eval_samples", "num_workers"):
+        for name in ("val_episodes", "eval_samples", "num_workers", "start_steps", "start_repeat"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
         from xr0.contract import PRIVILEGED_INPUTS
