@@ -246,3 +246,33 @@ def test_a_privileged_model_runs_under_eval_only(config_path, tmp_path, capsys):
     assert last_json(capsys.readouterr().out)["chunks"]["used"] >= 1
     assert main(["rollout", *argv, "--duration", "1s"]) == 1
     assert "simulator-only inputs (object_start)" in capsys.readouterr().err
+
+
+def test_ctrl_c_writes_the_partial_report(config_path, tmp_path):
+    """SIGINT after the first episode: the report holds it, the rest are 'not run: interrupted', exit 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "app.cli", "eval", "--config", str(config_path), "--policy", "scripted"]
+    cmd += ["--episodes", "6", "--jobs", "1", "--videos", "0", "--out", str(out)]
+    env = dict(os.environ, MUJOCO_GL="egl", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.strip().startswith("[1/6]"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(lines) + rest
+    report = json.loads((out / "eval.json").read_text())
+    assert report["ended"] == "interrupted"
+    reasons = [e["reason"] for e in report["episodes"]]
+    assert reasons[0] == "success" and reasons[-1] == "not run: interrupted"
+    assert report["totals"]["ran"] >= 1
