@@ -224,7 +224,7 @@ def evaluate_seeds(
     from app.policies import open_policy
 
     try:
-        rig = build_rig(config)
+        rig = build_rig(config, rendered_cameras(config, source, bool(videos)))
     except (CliError, DeviceError, ValueError, OSError) as e:
         raise SetupError(str(e)) from e
     policy = None
@@ -255,6 +255,29 @@ def evaluate_seeds(
         if policy is not None and hasattr(policy.policy, "close"):
             policy.policy.close()
         rig.close()
+
+
+def rendered_cameras(config: AppConfig, source: str, video: bool) -> list[str] | None:
+    """The cameras worth rendering (rendering is most of a simulated tick on a CPU): what a checkpoint's
+    contract reads, none for the built-in policies, plus the top camera for videos; None (all configured
+    cameras) for a remote policy, whose needs are known only once it answers."""
+    from app.policies import BUILT_IN, REPLAY
+    from xr0.contract import ContractError, DeployContract
+
+    if source in BUILT_IN or source.startswith(REPLAY):
+        wanted: list[str] = []
+    else:
+        path = Path(source).expanduser()
+        try:
+            contract = DeployContract.load(path) if path.is_dir() else None
+        except ContractError:
+            contract = None
+        if contract is None:
+            return None
+        wanted = [c for c in contract.camera_names if c in config.cameras]
+    if video and VIDEO_CAMERA in config.cameras and VIDEO_CAMERA not in wanted:
+        wanted.append(VIDEO_CAMERA)
+    return wanted
 
 
 def _deployable_mode(config: AppConfig, spec) -> AppConfig:
