@@ -27,6 +27,7 @@ import math
 import multiprocessing as mp
 import os
 import queue
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -292,8 +293,21 @@ def _remote(source: str) -> bool:
     return source.startswith(("ws://", "wss://"))
 
 
-def _worker(config: AppConfig, source: str, seeds: list[int], out: str, videos: set[int], results) -> None:
-    """A `--jobs` process: one torch thread (the processes share the cores), results over a queue."""
+def _pull(tasks) -> Iterator[int]:
+    """Seeds from the shared task queue until it is empty: faster workers take more episodes."""
+    while True:
+        try:
+            seed = tasks.get(timeout=60.0)
+        except queue.Empty:
+            return
+        if seed is None:  # one end marker per worker, after every seed
+            return
+        yield seed
+
+
+def _worker(config: AppConfig, source: str, tasks, out: str, videos: set[int], results) -> None:
+    """A `--jobs` process: one torch thread (the processes share the cores), seeds from a task queue,
+    results over a queue."""
     try:
         import torch
 
@@ -301,7 +315,7 @@ def _worker(config: AppConfig, source: str, seeds: list[int], out: str, videos: 
     except ImportError:
         pass
     try:
-        evaluate_seeds(config, source, seeds, Path(out), videos, results.put)
+        evaluate_seeds(config, source, _pull(tasks), Path(out), videos, results.put)
     except KeyboardInterrupt:
         pass
     except SetupError as e:
@@ -330,10 +344,12 @@ def run_eval(
             ended = "interrupted"
     else:
         ctx = mp.get_context("spawn")
-        q = ctx.Queue()
+        q, tasks = ctx.Queue(), ctx.Queue()
+        for seed in [*seeds, *[None] * jobs]:
+            tasks.put(seed)
         procs = [
-            ctx.Process(target=_worker, args=(config, source, seeds[j::jobs], str(out), video_seeds, q))
-            for j in range(jobs)
+            ctx.Process(target=_worker, args=(config, source, tasks, str(out), video_seeds, q))
+            for _ in range(jobs)
         ]
         for p in procs:
             p.start()
