@@ -280,7 +280,7 @@ class Trainer:
             return {k: json.dumps(v) for k, v in flat.items() if k not in free}
 
         saved, now = relevant(info["config"]), relevant(asdict(self.cfg))
-        changed = sorted(k for k in now if now[k] != saved.get(k))
+        changed = sorted(k for k in now if k in saved and now[k] != saved[k])  # keys added since: defaults
         splits = [(d["path"], d["train_episodes"]) for d in info["datasets"]]
         if splits != [(s.path, s.train.episodes.tolist()) for s in self.sources]:
             changed.append("the stores' training episodes")
