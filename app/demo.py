@@ -32,6 +32,7 @@ from pathlib import Path
 
 from app.config import AppConfig
 from app.errors import CliError
+from app.threads import available_cpus
 from drivers.sim.aloha import EVAL_SEED_START
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,7 @@ def run(args, config: AppConfig) -> int:
         config = replace(
             config, robot=replace(config.robot, scripted=replace(scripted, position_noise_m=0.005))
         )
-    jobs = args.jobs or max(1, len(os.sched_getaffinity(0)))
+    jobs = args.jobs or available_cpus()
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     dataset = Path(args.dataset).expanduser().resolve()

@@ -161,11 +161,10 @@ def sim_privileged(sim, fps: float):
     the tick the physics is at, and where the (first) object started."""
 
     def values() -> dict[str, np.ndarray]:
-        start = next(iter(sim.sample_object_poses(sim.seed).values()))
         return {
             "seed": np.array([float(sim.seed)]),
             "episode_tick": np.array([float(round(sim.time_s * fps))]),
-            "object_start": np.asarray(start[:3], dtype=np.float64),
+            "object_start": sim.object_start(),
         }
 
     return values

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -12,6 +11,7 @@ from pathlib import Path
 from app.config import AppConfig
 from app.errors import CliError
 from app.eval import SetupError, run_eval, summarize, write_report
+from app.threads import available_cpus
 from drivers.sim.aloha import EVAL_SEED_START
 
 
@@ -50,19 +50,12 @@ def add_arguments(p) -> None:
     )
 
 
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def run(args, config: AppConfig) -> int:
     if config.robot.type != "sim":
         raise CliError("xr0 eval runs in the simulator: use --robot sim (or robot.type: sim)")
     if args.episodes < 1:
         raise CliError(f"--episodes must be at least 1, got {args.episodes}")
-    jobs = args.jobs or min(_cores(), args.episodes)
+    jobs = args.jobs or min(available_cpus(), args.episodes)
     if jobs < 1:
         raise CliError(f"--jobs must be at least 1, got {jobs}")
     policy = replace(config.policy, mode=args.mode)

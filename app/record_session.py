@@ -175,8 +175,7 @@ class RecordSession:
         )
         info = {"task": self.task, "sim_task": rig.sim.config.task if rig.sim is not None else None}
         if rig.sim is not None:  # privileged, for the ladder's diagnostic model only (docs/eval.md)
-            start = next(iter(rig.sim.sample_object_poses(rig.sim.seed).values()))
-            info["object_start"] = [round(float(v), 6) for v in start[:3]]
+            info["object_start"] = [round(float(v), 6) for v in rig.sim.object_start()]
         self.publisher.episode(EpisodeEvent(index, "start", rig.clock.now_ns(), seed=seed, info=info))
         self._open = True
         rate = Rate(rig.clock, self.fps)

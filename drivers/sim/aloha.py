@@ -231,6 +231,11 @@ class AlohaSim:
             "blue_socket_joint": np.array([rng.uniform(-0.2, -0.1), rng.uniform(0.4, 0.6), 0.05]),
         }
 
+    def object_start(self) -> np.ndarray:
+        """Where the (first) object was placed at this episode's reset: (x, y, z), m. Privileged: for the
+        recorder's episode attributes and diagnostic policies, never a deployed one's input."""
+        return next(iter(self.sample_object_poses(self.seed).values()))[:3].copy()
+
     def reset(self, seed: int | None = None) -> None:
         """Start a new episode: arms in the start pose, objects placed from `seed` (default: next seed)."""
         mj, m, d = self.mj, self.model, self.data

@@ -202,7 +202,7 @@ def test_a_store_continues_its_seeds_and_an_explicit_repeat_is_warned(tmp_path, 
     assert [store.info(e)["seed"] for e in store.episodes] == [0, 1, 2, 3, 4]
     assert recorded_seeds(store) == recorded_seeds(path) == {0, 1, 2, 3, 4}
     # Different seeds, different demonstrations (the cube is elsewhere, so is the plan).
-    assert not np.array_equal(store.get(0, "leader.action"), store.get(2, "leader.action"))
+    assert np.abs(store.get(0, "leader.action") - store.get(2, "leader.action")).max() > 1e-3
     assert "warning" not in capsys.readouterr().out
     assert main([*argv, "--episodes", "1", "--seed", "3"]) == 0  # asked for: recorded, with a warning
     out = capsys.readouterr().out
