@@ -17,6 +17,7 @@ import asyncio
 import hmac
 import logging
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -106,7 +107,12 @@ class PolicyServer:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def serve_forever(self) -> None:
-        asyncio.run(self._main())
+        """Serve in this (main) thread until SIGINT or SIGTERM, which stop it cleanly: the listening socket
+        closes, open connections are closed, and the inference thread is released."""
+        try:
+            asyncio.run(self._main(stop_on_signals=True))
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def start(self, timeout_s: float = 10.0) -> int:
         """Serve from a background thread; returns the bound port (useful with port 0)."""
@@ -136,11 +142,14 @@ class PolicyServer:
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}"
 
-    async def _main(self) -> None:
+    async def _main(self, stop_on_signals: bool = False) -> None:
         from websockets.asyncio.server import serve
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        if stop_on_signals:  # a stop, not a KeyboardInterrupt thrown into whatever the loop was awaiting
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self._stop.set)
         async with serve(
             self._handle,
             self.host,

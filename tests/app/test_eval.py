@@ -258,7 +258,8 @@ def test_ctrl_c_writes_the_partial_report(config_path, tmp_path):
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "app.cli", "eval", "--config", str(config_path), "--policy", "scripted"]
-    cmd += ["--episodes", "6", "--jobs", "1", "--videos", "0", "--out", str(out)]
+    # enough episodes that the signal always lands mid-run (a scripted episode takes ~0.3 s here)
+    cmd += ["--episodes", "300", "--jobs", "1", "--videos", "0", "--out", str(out)]
     env = dict(os.environ, MUJOCO_GL="egl", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -266,7 +267,7 @@ def test_ctrl_c_writes_the_partial_report(config_path, tmp_path):
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.strip().startswith("[1/6]"):
+        if line.strip().startswith("[1/300]"):
             proc.send_signal(signal.SIGINT)
             break
     rest, _ = proc.communicate(timeout=120)
