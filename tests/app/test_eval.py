@@ -261,8 +261,16 @@ def test_ctrl_c_writes_the_partial_report(config_path, tmp_path):
     # enough episodes that the signal always lands mid-run (a scripted episode takes ~0.3 s here)
     cmd += ["--episodes", "300", "--jobs", "1", "--videos", "0", "--out", str(out)]
     env = dict(os.environ, MUJOCO_GL="egl", PYTHONUNBUFFERED="1")
+    # a shell without job control starts background jobs with SIGINT ignored, and children inherit that:
+    # give the command the default disposition a terminal's Ctrl-C meets
     proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     for line in proc.stdout:
