@@ -84,6 +84,12 @@ def add_arguments(p) -> None:
     p.add_argument("--ema", type=float, default=None, metavar="DECAY", help="EMA decay (0 = off)")
     p.add_argument("--max-pixels", type=int, default=None, help="pixels per view for new checkpoints")
     p.add_argument(
+        "--normalize-state",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="normalise the state the model reads (default: yes for a new model, as the checkpoint otherwise)",
+    )
+    p.add_argument(
         "--state-noise", type=float, default=None, metavar="RAD", help="noise on the joints the model sees"
     )
     p.add_argument("--crop-scale", type=float, default=None, help="random crop side fraction (1 = no crop)")
@@ -130,6 +136,7 @@ def train_config(args, config: AppConfig):
         "freq_loss_weight": args.freq_loss_weight,
         "ema_decay": args.ema,
         "max_pixels": args.max_pixels,
+        "normalize_state": args.normalize_state,
         "device": args.device,
         "strategy": args.strategy,
         "precision": args.precision,

@@ -63,7 +63,8 @@ class DeployContract:
     instructions: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()  # simulator seeds of the training episodes (held-out ones not included)
     privileged: tuple[str, ...] = ()  # diagnostic inputs (PRIVILEGED_INPUTS); empty for a deployable model
-    stats_sha256: str = ""  # of the action statistics in the processor files
+    stats_sha256: str = ""  # of the action (and state) statistics in the processor files
+    state_normalised: bool = False  # the model reads a normalised state (statistics beside the actions)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -165,11 +166,13 @@ class DeployContract:
         return cls.from_dict(d, str(path))
 
 
-def stats_digest(mean: np.ndarray, std: np.ndarray) -> str:
-    """SHA-256 of action statistics as float32 (what the processor files hold)."""
+def stats_digest(stats: Mapping[str, Any]) -> str:
+    """SHA-256 of a robot type's statistics as float32 (what the processor files hold): the action mean
+    and std, then the state mean and std when there are any."""
     h = hashlib.sha256()
-    for a in (mean, std):
-        h.update(np.ascontiguousarray(np.asarray(a, dtype=np.float32)).tobytes())
+    for key in ("mean", "std", "state_mean", "state_std"):
+        if key in stats:
+            h.update(np.ascontiguousarray(np.asarray(stats[key], dtype=np.float32)).tobytes())
     return h.hexdigest()
 
 
@@ -194,9 +197,12 @@ def build_contract(
     max_pixels: int,
     stats: Mapping[str, np.ndarray],
     privileged: Sequence[str] = (),
+    state_normalised: bool = False,
 ) -> DeployContract:
     """The contract of a model trained on `sources` (xr0.data.Source): joints, camera shapes and fps come
-    from the stores (which must agree), the action range and the seeds from their training episodes."""
+    from the stores (which must agree), the action range and the seeds from their training episodes.
+    `stats`: the robot type's statistics as the processor files hold them (the state pair only when the
+    model reads a normalised state)."""
     from xr0.data import ACTION_KEY, open_store
 
     stores = [open_store(s.path) for s in sources]
@@ -243,5 +249,6 @@ def build_contract(
         instructions=tuple(sorted(instructions)),
         seeds=tuple(sorted(seeds)),
         privileged=tuple(privileged),
-        stats_sha256=stats_digest(stats["mean"], stats["std"]),
+        stats_sha256=stats_digest(stats),
+        state_normalised=state_normalised,
     )

@@ -36,7 +36,14 @@ import torch
 from recording.reader import EpisodeStore, SampleIndex
 from recording.schema import StoreError
 from xr0.augment import AugmentConfig, augment_views, noisy_state
-from xr0.policy import STATE_DIM, VIEW_LABELS, XR0_INDEX, robot_to_model_actions, state_vector
+from xr0.policy import (
+    PRIVILEGED_DIMS,
+    STATE_DIM,
+    VIEW_LABELS,
+    XR0_INDEX,
+    robot_to_model_actions,
+    state_vector,
+)
 from xr0.processor import XR0Processor
 from xr0.train_config import DataConfig
 
@@ -62,10 +69,16 @@ def encode_views(
     return processor.encode(instruction, [(VIEW_LABELS[cam], images[cam]) for cam in cameras])
 
 
-def model_state(state: np.ndarray, privileged: Mapping[str, np.ndarray] | None = None) -> torch.Tensor:
-    """(14,) robot state → (1, 32) raw model state (never normalised), with a diagnostic model's privileged
-    inputs in their unused dims (`state_vector`, as XR0Policy.infer)."""
-    return torch.as_tensor(state_vector(state, privileged), dtype=torch.float32)[None]
+def model_state(
+    processor: XR0Processor,
+    robot_type: str,
+    state: np.ndarray,
+    privileged: Mapping[str, np.ndarray] | None = None,
+) -> torch.Tensor:
+    """(14,) robot state → (1, 32) model state, with a diagnostic model's privileged inputs in their unused
+    dims (`state_vector`), normalised when the checkpoint has state statistics — as XR0Policy.infer."""
+    raw = state_vector(state, privileged)
+    return torch.as_tensor(processor.normalize_state(raw, robot_type), dtype=torch.float32)[None]
 
 
 def model_targets(
@@ -103,6 +116,33 @@ def action_statistics(windows: Sequence[tuple[np.ndarray, np.ndarray]], horizon:
     mean = np.where(active, mean, 0.0)
     std = np.where(active, np.maximum(std, STD_FLOOR), 0.0)
     return {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}, int(count[0, 0])
+
+
+def state_statistics(
+    episodes: Sequence[tuple[np.ndarray, Mapping[str, np.ndarray]]],
+) -> dict[str, np.ndarray]:
+    """Mean and std (32,) of the raw model state (`state_vector`) over every row of the training episodes.
+
+    `episodes`: (states (n, 14), privileged inputs) per episode. Dims no row ever fills get mean 0 and std 0
+    (the model reads 0 there); the others get at least `STD_FLOOR`. Returned as float32
+    {"state_mean", "state_std"}, for `action_config[robot_type]`."""
+    total, total_sq, count = np.zeros(32), np.zeros(32), 0
+    filled = np.zeros(32, dtype=bool)
+    for states, privileged in episodes:
+        rows = np.stack([state_vector(s, privileged) for s in np.asarray(states, np.float64)])
+        total += rows.sum(0)
+        total_sq += (rows**2).sum(0)
+        count += len(rows)
+        filled[list(XR0_INDEX)] = True
+        for name in privileged:
+            filled[list(PRIVILEGED_DIMS[name])] = True
+    if count == 0:
+        raise DataError("no training rows to compute the state statistics from; the episodes are empty")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    mean = np.where(filled, mean, 0.0)
+    std = np.where(filled, np.maximum(std, STD_FLOOR), 0.0)
+    return {"state_mean": mean.astype(np.float32), "state_std": std.astype(np.float32)}
 
 
 # -- stores, splits ---------------------------------------------------------------------------------------
@@ -195,6 +235,15 @@ def source_windows(sources: Sequence[Source]):
         store = open_store(source.path)
         for ep in source.train.episodes.tolist():
             yield store.get(ep, ACTION_KEY), store.get(ep, STATE_KEY)
+
+
+def source_states(sources: Sequence[Source], privileged: Sequence[str] = ()):
+    """(states, privileged inputs) of every training episode, for the state statistics."""
+    for source in sources:
+        store = open_store(source.path)
+        for ep in source.train.episodes.tolist():
+            info = store.info(ep)
+            yield store.get(ep, STATE_KEY), {name: np.asarray(info[name], np.float64) for name in privileged}
 
 
 # -- sampling ---------------------------------------------------------------------------------------------
@@ -325,7 +374,7 @@ class TrainingSamples(torch.utils.data.Dataset):
             "inputs": encode_views(
                 self.processor, task, dict(zip(self.cameras, images, strict=True)), self.cameras
             ),
-            "state": model_state(seen, privileged),  # (1, 32)
+            "state": model_state(self.processor, self.robot_type, seen, privileged),  # (1, 32)
             "actions": model_targets(self.processor, self.robot_type, actions, state, self.relative).float(),
             "valid": torch.as_tensor(~is_pad, dtype=torch.float32),  # (T,)
             "robot_state": torch.as_tensor(state, dtype=torch.float64),  # (14,) for the open-loop error

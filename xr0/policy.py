@@ -110,8 +110,8 @@ PRIVILEGED_DIMS: dict[str, tuple[int, ...]] = {"object_start": (0, 1, 2)}
 
 
 def state_vector(state: np.ndarray, privileged: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-    """(14,) robot state → (32,) raw model state (never normalised); a diagnostic model's privileged
-    inputs go to their unused dims (PRIVILEGED_DIMS). Training and inference share this."""
+    """(14,) robot state → (32,) raw model state; a diagnostic model's privileged inputs go to their unused
+    dims (PRIVILEGED_DIMS). Training and inference share this, then `XR0Processor.normalize_state`."""
     out = to_xr0(np.asarray(state, np.float64))
     for name, value in (privileged or {}).items():
         out[list(PRIVILEGED_DIMS[name])] = np.asarray(value, np.float64)
@@ -188,10 +188,15 @@ class XR0Policy:
         max_prefix = min(model.config.max_prefix, T - 1)
         if contract is not None:
             stats = processor.action_config[rt]
-            if contract.stats_sha256 and stats_digest(stats["mean"], stats["std"]) != contract.stats_sha256:
+            if contract.stats_sha256 and stats_digest(stats) != contract.stats_sha256:
                 raise ContractError(
-                    f"the checkpoint's action statistics for {rt!r} are not the ones its deploy.json was "
+                    f"the checkpoint's statistics for {rt!r} are not the ones its deploy.json was "
                     "written with (the processor files were replaced?)"
+                )
+            if contract.state_normalised != processor.normalizes_state(rt):
+                raise ContractError(
+                    f"deploy.json says state_normalised {contract.state_normalised}; the processor files "
+                    f"{'have' if processor.normalizes_state(rt) else 'have no'} state statistics for {rt!r}"
                 )
             if contract.chunk_length != T:
                 raise ContractError(
@@ -287,7 +292,8 @@ class XR0Policy:
         views = [(VIEW_LABELS[cam], observation.images[cam]) for cam in self.spec.cameras]
         inputs = {k: v.to(device) for k, v in proc.encode(observation.instruction, views).items()}
         privileged = {name: observation.privileged[name] for name in self.spec.privileged}
-        state32 = torch.as_tensor(state_vector(state, privileged), dtype=dtype, device=device)[None, None]
+        state32 = proc.normalize_state(state_vector(state, privileged), rt)  # (32,), as data.model_state
+        state32 = torch.as_tensor(state32, dtype=dtype, device=device)[None, None]
         prefix_norm = None
         if P:
             # relative dims re-expressed against the new observation's state

@@ -5,6 +5,12 @@ views, each `<|image_pad|>` expanded to one token per merged 32×32 patch, image
 within the checkpoint's pixel budget (`preprocessor_config.json` `size`: shortest_edge = min pixels,
 longest_edge = max pixels), and `action_config = {robot_type: {mean, std}}` stored in the same file, from
 which `get_action_mask` (and with it the chunk length) and `decode_action` follow.
+
+State normalisation is an extension for models trained from scratch: the official checkpoints read the
+state raw (spec §3.4), and so does any checkpoint whose `action_config[robot_type]` has no `state_mean` /
+`state_std` (32,). A new random model is trained with them (`train.normalize_state: auto`): a raw state
+whose dims differ 10× in spread, fed to a projector at init scale 0.02, is learned from ~10× more slowly
+under Adam (measured on the privileged rung, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ STD_ACTIVE = 1e-5  # dims whose std is at most this are inactive (masked), as in
 # New checkpoints resize every view to multiples of 32 with at most 90000 pixels ([PT] `resize_image`).
 DEFAULT_MIN_PIXELS = 1024
 DEFAULT_MAX_PIXELS = 90000
+STATS_KEYS = ("mean", "std", "state_mean", "state_std")  # per robot type; the state pair is optional
 
 
 def normalize_instruction(instruction: str) -> str:
@@ -66,9 +73,13 @@ class XR0Processor:
             self.stats[robot_type] = self._read_stats(robot_type, entry)
         # As given (float32 values), for saving: (T, A) stays per timestep, (A,) stays per dim.
         self.action_config = {
-            rt: {k: np.asarray(entry[k], dtype=np.float32).tolist() for k in ("mean", "std")}
+            rt: {k: np.asarray(entry[k], dtype=np.float32).tolist() for k in STATS_KEYS if k in entry}
             for rt, entry in action_config.items()
         }
+        self.state_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for robot_type, entry in action_config.items():
+            if "state_mean" in entry or "state_std" in entry:
+                self.state_stats[robot_type] = self._read_state_stats(robot_type, entry)
 
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -94,7 +105,40 @@ class XR0Processor:
             raise ValueError(f"action_config[{robot_type!r}] has non-finite values or a negative std")
         return mean[None].contiguous(), std[None].contiguous()  # (1, T, A)
 
+    def _read_state_stats(self, robot_type: str, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        where = f"action_config[{robot_type!r}]"
+        try:
+            mean = np.asarray(entry["state_mean"], dtype=np.float32)
+            std = np.asarray(entry["state_std"], dtype=np.float32)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"{where} needs both 'state_mean' and 'state_std' as numeric arrays ({e})"
+            ) from e
+        if mean.ndim != 1 or mean.shape != std.shape:
+            raise ValueError(f"{where}: state_mean {mean.shape} and state_std {std.shape} must both be (A,)")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std < 0).any():
+            raise ValueError(f"{where} has a non-finite state_mean/state_std or a negative state_std")
+        return mean, std
+
     # -- statistics ---------------------------------------------------------------------------------------
+    def normalizes_state(self, robot_type: str) -> bool:
+        """True when this checkpoint's model reads a normalised state (a from-scratch model of ours)."""
+        return robot_type in self.state_stats
+
+    def normalize_state(self, state: np.ndarray, robot_type: str) -> np.ndarray:
+        """(…, A) raw model state → what the model reads: unchanged without state statistics (official);
+        else (s − mean)/std on dims with std > 0 and 0 on the others. Training and inference share it."""
+        state = np.asarray(state, dtype=np.float64)
+        if robot_type not in self.state_stats:
+            return state
+        mean, std = self.state_stats[robot_type]
+        if state.shape[-1] != mean.shape[0]:
+            raise ValueError(
+                f"state has {state.shape[-1]} dims; the state statistics for {robot_type!r} have {mean.shape[0]}"
+            )
+        active = std > STD_ACTIVE
+        return np.where(active, (state - mean) / np.where(active, std, 1.0), 0.0)
+
     def list_robot_types(self) -> list[str]:
         return list(self.stats)
 

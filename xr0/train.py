@@ -33,10 +33,13 @@ from xr0.data import (
     eval_keys,
     make_loader,
     open_sources,
+    source_states,
     source_windows,
+    state_statistics,
 )
 from xr0.objective import FlowObjective, draw_step
 from xr0.policy import RELATIVE_JOINTS
+from xr0.processor import STATS_KEYS
 from xr0.train_config import TrainConfig
 from xr0.train_state import (
     TRAINING_INFO,
@@ -87,7 +90,15 @@ def build_model(
     init = init or cfg.init
     horizon = cfg.data.horizon
     action_config = {cfg.data.robot_type: {"mean": stats["mean"].tolist(), "std": stats["std"].tolist()}}
+
+    def with_state_stats(normalize: bool) -> dict:
+        if normalize and "state_mean" in stats:
+            for key in ("state_mean", "state_std"):
+                action_config[cfg.data.robot_type][key] = stats[key].tolist()
+        return action_config
+
     if init in NEW_MODELS:
+        with_state_stats(cfg.normalize_state is not False)
         config = variant(NEW_MODELS[init], action_length=horizon)
         special = QWEN_SPECIAL_TOKENS if init == "full-random" else tiny_special_ids()
         processor = XR0Processor.build(
@@ -101,6 +112,17 @@ def build_model(
         stored = model.dtype
         cast_parameters(model, torch.float32)
         model.config = _switches(model.config, cfg)
+        was_normalised = bool(loaded.state_stats)
+        normalize = was_normalised if cfg.normalize_state == "auto" else bool(cfg.normalize_state)
+        if normalize != was_normalised:
+            log.warning(
+                "%s was trained on a %s state; train.normalize_state=%s changes what its state projector "
+                "reads, which costs it what it had learned there",
+                init,
+                "normalised" if was_normalised else "raw",
+                cfg.normalize_state,
+            )
+        with_state_stats(normalize)
         image_processor = loaded.image_processor
         if cfg.max_pixels is not None:
             from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -193,12 +215,13 @@ class Trainer:
             from xr0.processor import XR0Processor
 
             saved = XR0Processor.from_pretrained(self.resume_from).action_config[cfg.data.robot_type]
-            stats = {k: np.asarray(saved[k], np.float32) for k in ("mean", "std")}
+            stats = {k: np.asarray(saved[k], np.float32) for k in STATS_KEYS if k in saved}
         else:
             stats, rows = action_statistics(
                 list(source_windows(self.sources)), cfg.data.horizon, self.relative
             )
-            log.info("action statistics from %d windows of the training episodes", rows)
+            stats.update(state_statistics(source_states(self.sources, cfg.data.privileged)))
+            log.info("action and state statistics from %d windows of the training episodes", rows)
         init = str(self.resume_from) if self.resume_from is not None else None
         model, self.processor, self.save_dtype = build_model(cfg, stats, ctx.device, init)
         set_trainable(model, cfg.mode)
@@ -246,8 +269,9 @@ class Trainer:
             chunk_length=cfg.data.horizon,
             max_prefix=model.config.max_prefix,
             max_pixels=self.processor.image_processor.size["longest_edge"],
-            stats=stats,
+            stats=self.processor.action_config[cfg.data.robot_type],
             privileged=cfg.data.privileged,
+            state_normalised=self.processor.normalizes_state(cfg.data.robot_type),
         )
         self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
         seed = cfg.seed
@@ -579,11 +603,9 @@ class Trainer:
     def _bar(self):
         if not (self.progress and self.ctx.main):
             return None
-        from tqdm import tqdm
+        from recording.progress import progress_bar
 
-        return tqdm(
-            total=self.cfg.steps, initial=self.start_step, desc="train", unit="step", dynamic_ncols=True
-        )
+        return progress_bar(self.cfg.steps, "train", "step", initial=self.start_step)
 
     def _tensorboard(self):
         if not self.ctx.main:

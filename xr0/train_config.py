@@ -131,6 +131,10 @@ class TrainConfig:
     # Image budget of new checkpoints in pixels per view (multiples of 32; 90000 official); null keeps an
     # initial checkpoint's own. Small values (e.g. 4096) make tiny CPU runs fast.
     max_pixels: int | None = None
+    # Normalise the state the model reads (mean/std saved beside the action statistics). auto: on for a new
+    # random model (its projector learns a raw state whose dims differ 10× in spread slowly), and as the
+    # initial checkpoint has it otherwise (the official checkpoints read the state raw).
+    normalize_state: bool | Literal["auto"] = "auto"
     # Seed of the model init (new models), the data order, augmentation and every flow draw.
     seed: int = 42
     # Metrics every N steps (JSONL, TensorBoard, progress bar).

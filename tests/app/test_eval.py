@@ -126,7 +126,7 @@ def tiny_checkpoint(path: Path, cameras=("cam_high",), seeds=(0, 1), fps=30.0, p
         relative=(True,) * 6 + (False,) + (True,) * 6 + (False,),
         seeds=tuple(seeds),
         privileged=tuple(privileged),
-        stats_sha256=stats_digest(mean, std),
+        stats_sha256=stats_digest({"mean": mean, "std": std}),
     ).save(path)
     return path
 

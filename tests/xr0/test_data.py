@@ -21,7 +21,9 @@ from xr0.data import (
     action_statistics,
     make_loader,
     open_sources,
+    source_states,
     source_windows,
+    state_statistics,
 )
 from xr0.flow import sample_actions, seeded_noise
 from xr0.policy import RELATIVE_JOINTS, XR0_INDEX, XR0Policy, XR0PolicyConfig, model_to_robot_actions
@@ -46,11 +48,12 @@ def make_store(path, lengths=(40, 25, 30), cameras=CAMS, task="transfer the cube
     return path
 
 
-def stats_processor(sources, horizon=H) -> XR0Processor:
+def stats_processor(sources, horizon=H, normalize_state=False) -> XR0Processor:
     stats, _ = action_statistics(list(source_windows(sources)), horizon, REL)
-    return XR0Processor.build(
-        {"aloha": {"mean": stats["mean"].tolist(), "std": stats["std"].tolist()}}, action_length=horizon
-    )
+    if normalize_state:
+        stats.update(state_statistics(source_states(sources)))
+    entry = {k: v.tolist() for k, v in stats.items()}
+    return XR0Processor.build({"aloha": entry}, action_length=horizon)
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +137,15 @@ def test_a_sample_is_the_step_with_its_window_padded_and_masked(store, sources, 
         assert torch.equal(out["inputs"][key], value), key
 
 
-def test_training_targets_and_inference_share_one_transform_chain(store, sources, proc, model):
+@pytest.mark.parametrize("normalize_state", [False, True], ids=["raw-state", "normalised-state"])
+def test_training_targets_and_inference_share_one_transform_chain(store, sources, model, normalize_state):
     """A training sample, run through the model and decoded the training way, equals XR0Policy.infer on
-    the same observation — and the targets decode back to the demonstrated actions."""
+    the same observation — and the targets decode back to the demonstrated actions. With and without
+    state statistics (a from-scratch model reads a normalised state, the official one a raw state)."""
     from xr0.boundary import PolicyObservation
 
     s = EpisodeStore(store)
+    proc = stats_processor(sources, normalize_state=normalize_state)
     ds = samples(sources, proc)
     out = ds[(0, 10, -1)]
     batch = Collate(proc)([out])
@@ -148,6 +154,13 @@ def test_training_targets_and_inference_share_one_transform_chain(store, sources
         ctx = model.encode(batch["inputs"])
         x = sample_actions(model, ctx, batch["state"], mask, noise=seeded_noise(7, mask))
     state = s.get(0, "observation.state", 10)
+    seen = batch["state"][0, 0, list(XR0_INDEX)].double().numpy()
+    if normalize_state:
+        mean, std = (proc.state_stats["aloha"][i][list(XR0_INDEX)] for i in (0, 1))
+        np.testing.assert_allclose(seen, (state - mean) / std, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(seen, state, atol=1e-3)
+    else:
+        np.testing.assert_allclose(seen, state, rtol=1e-6)
     decoded = proc.decode_action(x, "aloha")[0].double().numpy()
     ours = model_to_robot_actions(decoded, state, REL)
     policy = XR0Policy(model, proc, XR0PolicyConfig(cameras=CAMS, seed=7))
@@ -163,6 +176,26 @@ def test_training_targets_and_inference_share_one_transform_chain(store, sources
     recorded = s.get(0, "action")[10 : 10 + H].copy()
     recorded[:, [6, 13]] = np.clip(recorded[:, [6, 13]], 0.0, 1.0)
     np.testing.assert_allclose(back, recorded, atol=1e-5)
+
+
+def test_state_statistics_cover_the_joints_and_the_privileged_inputs_they_fill():
+    rng = np.random.default_rng(2)
+    episodes = [(rng.normal(1.0, 0.5, size=(n, 14)), {"object_start": rng.normal(size=3)}) for n in (30, 20)]
+    for states, _ in episodes:
+        states[:, 3] = 0.7  # a joint that never moves keeps the floor std
+    stats = state_statistics(episodes)
+    rows = np.concatenate([states for states, _ in episodes])
+    idx = list(XR0_INDEX)
+    np.testing.assert_allclose(stats["state_mean"][idx], rows.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["state_std"][idx], np.maximum(rows.std(0), STD_FLOOR), rtol=1e-4)
+    assert stats["state_std"][idx][3] == np.float32(STD_FLOOR)
+    starts = np.repeat([p["object_start"] for _, p in episodes], [30, 20], axis=0)
+    np.testing.assert_allclose(stats["state_mean"][:3], starts.mean(0), rtol=1e-5)
+    unused = np.setdiff1d(np.arange(32), [*idx, 0, 1, 2])
+    assert not stats["state_std"][unused].any() and not stats["state_mean"][unused].any()
+    assert state_statistics([(states, {}) for states, _ in episodes])["state_std"][:3].tolist() == [0, 0, 0]
+    with pytest.raises(DataError, match="no training rows"):
+        state_statistics([])
 
 
 def test_augmentation_is_one_seeded_draw_for_all_views():

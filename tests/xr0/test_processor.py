@@ -123,3 +123,24 @@ def test_collate_pads_on_the_right(processor):
         0, La:
     ].sum() == 0
     assert batch["pixel_values"].shape[0] == 2 * a["pixel_values"].shape[0]
+
+
+def test_state_statistics_normalise_the_state_and_survive_save_and_load(tmp_path):
+    mean = np.zeros(32, np.float32)
+    std = np.zeros(32, np.float32)
+    mean[:3], std[:3] = [0.1, -0.2, 0.3], [0.5, 2.0, 0.25]
+    entry = {"mean": [0.0] * 32, "std": [1.0] * 32, "state_mean": mean.tolist(), "state_std": std.tolist()}
+    p = XR0Processor.build({"r": entry, "raw": {"mean": [0.0] * 32, "std": [1.0] * 32}}, action_length=4)
+    state = np.arange(32, dtype=np.float64)
+    assert not p.normalizes_state("raw") and np.array_equal(p.normalize_state(state, "raw"), state)
+    out = p.normalize_state(state, "r")
+    np.testing.assert_allclose(out[:3], (state[:3] - mean[:3]) / std[:3], rtol=1e-6)
+    assert p.normalizes_state("r") and not out[3:].any()  # std 0: the model reads 0 there
+    p.save_pretrained(tmp_path)
+    loaded = XR0Processor.from_pretrained(tmp_path)
+    assert loaded.normalizes_state("r") and not loaded.normalizes_state("raw")
+    assert np.array_equal(loaded.normalize_state(state, "r"), out)
+    with pytest.raises(ValueError, match=r"action_config\['r'\] needs both 'state_mean' and 'state_std'"):
+        XR0Processor.build({"r": {"mean": [0.0] * 32, "std": [1.0] * 32, "state_mean": [0.0] * 32}})
+    with pytest.raises(ValueError, match="negative state_std"):
+        XR0Processor.build({"r": {**entry, "state_std": [-1.0] * 32}})

@@ -292,3 +292,28 @@ def test_bad_input_is_one_sentence_each(store, tmp_path, capsys):
         check_batch(6, 4)
     rc, err = run_cli([*cli_args(store, tmp_path / "fresh", steps=2), "--resume"], capsys)
     assert rc == 1 and "has no checkpoint to resume from" in err
+
+
+def test_a_new_model_reads_a_normalised_state_and_its_contract_says_so(store, tmp_path):
+    from xr0.contract import ContractError, DeployContract
+
+    Trainer(config(store, steps=2), tmp_path / "new", progress=False).run()
+    _, processor = trained(tmp_path / "new")
+    contract = DeployContract.load(tmp_path / "new" / "last")
+    assert processor.normalizes_state("aloha") and contract.state_normalised
+    XR0Policy.from_checkpoint(tmp_path / "new" / "last")  # loads: statistics and contract agree
+    # fine-tuning a checkpoint keeps how it reads the state (official checkpoints: raw)
+    raw = config(store, steps=2, normalize_state=False)
+    Trainer(raw, tmp_path / "raw", progress=False).run()
+    Trainer(
+        config(store, steps=2, init=str(tmp_path / "raw" / "last")), tmp_path / "ft", progress=False
+    ).run()
+    for run in ("raw", "ft"):
+        assert not trained(tmp_path / run)[1].normalizes_state("aloha")
+        assert not DeployContract.load(tmp_path / run / "last").state_normalised
+    # statistics and contract that disagree are refused, naming the field
+    path = tmp_path / "new" / "last" / "deploy.json"
+    d = json.loads(path.read_text())
+    path.write_text(json.dumps({**d, "state_normalised": False}))
+    with pytest.raises(ContractError, match="state_normalised False; the processor files have state"):
+        XR0Policy.from_checkpoint(tmp_path / "new" / "last")
