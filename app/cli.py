@@ -51,10 +51,28 @@ def add_common(p: argparse.ArgumentParser, nested: bool = False) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=unset or False, help="debug logging")
 
 
+class VersionAction(argparse.Action):
+    """--version, computed only when asked (it runs git)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from app.version import version_text
+
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xr0",
         description="Teleop data collection, XR0 fine-tuning and asynchronous rollouts for bimanual ALOHA-class robots.",
+    )
+    parser.add_argument(
+        "--version",
+        action=VersionAction,
+        help="print the version, git commit and library versions, then exit",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, module_name) in COMMANDS.items():

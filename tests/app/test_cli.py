@@ -37,6 +37,21 @@ def test_help_lists_every_command(capsys):
     assert set(COMMANDS) == set(ALL_COMMANDS)  # DESIGN.md §9: exactly the product's command names
 
 
+def test_version_names_the_commit_and_the_libraries_a_bug_report_needs(capsys):
+    import subprocess
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
+    assert lines[0].startswith("xr0-workstation 0.1.0 (git ") and commit and commit in lines[0]
+    names = {line.split()[0] for line in lines[1:]}
+    assert {"python", "torch", "transformers", "zarr", "rerun-sdk", "mujoco"} <= names
+
+
 def test_every_benchmark_of_the_design_is_there():
     assert set(BENCHES) == {
         "sim",
