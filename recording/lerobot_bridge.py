@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from recording.progress import progress_iter
 from recording.reader import EpisodeStore
 from recording.schema import StoreError, StoreSpec
 from recording.writer import StoreWriter
@@ -44,11 +45,7 @@ class BridgeError(Exception):
 
 
 def _progress(iterable, total: int, desc: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, unit="ep", file=sys.stderr)
+    return progress_iter(iterable, total, desc, "episode")
 
 
 # -- export -------------------------------------------------------------------------------------------------
