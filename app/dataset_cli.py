@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 
 from app.config import AppConfig
-from app.errors import CliError
+from app.errors import CliError, prog
 from app.viz import blueprint
 
 SUBCOMMANDS = {
     "info": "summary of a store: episodes, tasks, success, flagged episodes, size",
     "validate": "check every committed episode and name partial ones (exit 1 if anything is wrong)",
     "repair": "recover partial episodes up to their last flush (or --drop them), remove leftovers",
-    "stats": "compute normalisation statistics in one pass and store them with the data",
+    "stats": "normalisation statistics of a store in one pass (printed; stored with the data with --write)",
     "view": "show one episode (cameras, joints, actions) in Rerun",
     "export-lerobot": "write a store as a LeRobotDataset v3 (through lerobot itself, in its own environment)",
     "import-lerobot": "read a LeRobotDataset v3 into a new store (through lerobot itself)",
@@ -63,6 +63,11 @@ def add_arguments(p) -> None:
                 type=int,
                 default=30,
                 help="steps of the relative-action chunk statistics (XR0: 30 at 30 Hz; 0: none)",
+            )
+            s.add_argument(
+                "--write",
+                action="store_true",
+                help="store them in the dataset (for other tools; `xr0 train` computes its own)",
             )
         elif name == "view":
             s.add_argument("--episode", type=int, default=None, help="episode index (default: the first)")
@@ -164,7 +169,9 @@ def _info(args, config: AppConfig, path: Path) -> int:
     )
     print(f"  cameras: {cams}")
     print(f"  joints: {len(s['joint_names'])} ({s['joint_names'][0]} … {s['joint_names'][-1]})")
-    partial = f", PARTIAL: {s['partial_episodes']} (run xr0 dataset repair)" if s["partial_episodes"] else ""
+    partial = (
+        f", PARTIAL: {s['partial_episodes']} (run {prog()} dataset repair)" if s["partial_episodes"] else ""
+    )
     print(f"  episodes: {s['episodes']} committed, {s['steps']} steps, {s['seconds']:.1f} s{partial}")
     for task, n in s["tasks"].items():
         print(f"  task ×{n}: {task!r}")
@@ -175,7 +182,8 @@ def _info(args, config: AppConfig, path: Path) -> int:
     print(f"  flagged (loop rate below target): {flagged if flagged else 'none'}")
     per_min = f", {s['bytes_per_minute'] / 1e6:.1f} MB per minute" if s["bytes_per_minute"] else ""
     print(f"  size: {s['bytes'] / 1e6:.1f} MB{per_min}")
-    print(f"  normalisation stats: {s['stats_computed'] or 'not computed (xr0 dataset stats)'}")
+    if s["stats_computed"]:  # only for other tools: `xr0 train` computes its own in the model's space
+        print(f"  stored statistics: computed {s['stats_computed']} ({prog()} dataset stats --write)")
     for e in s["episode_table"]:
         ok = {True: "success", False: "failure", None: "-"}[e["success"]]
         print(
@@ -191,12 +199,14 @@ def _validate(args, config: AppConfig, path: Path) -> int:
     for p in report.partial:
         print(
             f"partial episode {p.index}: an interrupted recording; {p.flushed_steps} steps ({p.seconds:g} s) "
-            f"are recoverable — run `xr0 dataset repair {path}` (or --drop)"
+            f"are recoverable — run `{prog()} dataset repair {path}` (or --drop)"
         )
     for problem in report.problems:
         print(f"problem: {problem}")
     if report.leftovers:
-        print(f"note: {len(report.leftovers)} leftover temporary file(s); `xr0 dataset repair` removes them")
+        print(
+            f"note: {len(report.leftovers)} leftover temporary file(s); `{prog()} dataset repair` removes them"
+        )
     if report.ok:
         print(
             f"ok: {report.committed} committed episode(s), {report.steps} steps{' (deep)' if args.deep else ''}"
@@ -233,8 +243,10 @@ def _stats(args, config: AppConfig, path: Path) -> int:
     if not store.episodes:
         raise CliError(f"dataset {path} has no committed episodes to compute statistics from")
     stats = compute_stats(store, relative_horizon=horizon or None)
-    write_stats(path, stats)
-    print(f"stats over {stats['episodes']} episode(s), {stats['steps']} steps, stored in {path}:")
+    if args.write:
+        write_stats(path, stats)
+    where = f"stored in {path}" if args.write else "not stored (--write stores them)"
+    print(f"stats over {stats['episodes']} episode(s), {stats['steps']} steps, {where}:")
     for key, st in stats["keys"].items():
         lo, hi = min(st["min"]), max(st["max"])
         print(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.config import AppConfig
-from app.errors import CliError
+from app.errors import CliError, prog
 from app.threads import available_cpus
 from drivers.sim.aloha import EVAL_SEED_START
 
@@ -393,9 +393,13 @@ def print_report(report: dict) -> None:
     print("next:")
     ckpt = report["artefacts"].get("checkpoint")
     if ckpt:
-        print(f"  ./xr0w eval --policy {ckpt} --episodes 50        # more held-out seeds, a tighter interval")
         print(
-            f"  ./xr0w rollout --policy {ckpt} --duration 2m --rerun runs/demo/rollout.rrd   # watch it in Rerun"
+            f"  {prog()} eval --policy {ckpt} --episodes 50        # more held-out seeds, a tighter interval"
         )
-    print("  ./xr0w demo --full                                  # 50 demonstrations, 5000 steps (~75 min)")
+        print(
+            f"  {prog()} rollout --policy {ckpt} --duration 2m --rerun runs/demo/rollout.rrd   # watch it in Rerun"
+        )
+    print(
+        f"  {prog()} demo --full                                  # 50 demonstrations, 5000 steps (~75 min)"
+    )
     print("  docs/eval.md: the diagnostics ladder when a policy fails closed-loop")

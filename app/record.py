@@ -25,7 +25,7 @@ import numpy as np
 from app import record_console as keys
 from app.compose import Rig
 from app.config import AppConfig
-from app.errors import CliError
+from app.errors import CliError, prog
 from app.events import EpisodeEvent, Publisher, StepEvent
 from app.record_session import RecordReport, RecordSession
 from drivers.clock import SimClock
@@ -279,7 +279,7 @@ def preflight(path: Path) -> None:
     if partial:
         raise CliError(
             f"dataset {path} has partial episode(s) {', '.join(map(str, partial))} left by an interrupted "
-            f"recording; run `xr0 dataset repair {path}` (recover, or --drop) first"
+            f"recording; run `{prog()} dataset repair {path}` (recover, or --drop) first"
         )
 
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.config import AppConfig
-from app.errors import CliError
+from app.errors import CliError, prog
 from xr0.train_config import NEW_MODEL_INITS
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,6 @@ def run(args, config: AppConfig) -> int:
                     f"{v['reach_spread_ratio']:.2f} (≈0: blind, ≈1: it looks)"
                 )
         print(f"  checkpoint: {summary['checkpoint']}")
-        print(f"  roll it out: xr0 rollout --robot sim --policy {out / 'last'}")
+        print(f"  roll it out: {prog()} rollout --robot sim --policy {out / 'last'}")
         print(f"  summary: {out / 'summary.json'}")
     return 0

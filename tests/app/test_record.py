@@ -96,7 +96,7 @@ def test_replay_reproduces_the_recorded_episode_in_sim(recorded, small_config, c
     assert "largest joint-state difference to the recording: 0.00e+00" in out
 
 
-def test_dataset_info_validate_stats_view(recorded, small_config, tmp_path, capsys):
+def test_dataset_info_validate_stats_view(recorded, small_config, tmp_path, capsys, monkeypatch):
     cfg = ["--config", str(small_config)]
     assert main(["dataset", "info", str(recorded), "--json", *cfg]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -105,8 +105,15 @@ def test_dataset_info_validate_stats_view(recorded, small_config, tmp_path, caps
     assert main(["dataset", "validate", str(recorded), "--deep", *cfg]) == 0
     assert "ok: 2 committed episode(s), 600 steps (deep)" in capsys.readouterr().out
     assert main(["dataset", "stats", str(recorded), *cfg]) == 0
+    assert "not stored (--write stores them)" in capsys.readouterr().out
+    assert not EpisodeStore(recorded).stats  # printing statistics does not modify the store
+    assert main(["dataset", "info", str(recorded), *cfg]) == 0
+    assert "statistics" not in capsys.readouterr().out  # not computed: nothing to say (training needs none)
+    monkeypatch.setenv("XR0_PROG", "./xr0w")
+    assert main(["dataset", "stats", str(recorded), "--write", *cfg]) == 0
     assert EpisodeStore(recorded).stats["relative_action"]["shape"] == [30, 14]
-    capsys.readouterr()
+    assert main(["dataset", "info", str(recorded), *cfg]) == 0
+    assert "(./xr0w dataset stats --write)" in capsys.readouterr().out  # hints name the command the user ran
 
     rrd = tmp_path / "view.rrd"
     assert main(["dataset", "view", str(recorded), "--episode", "1", "--rerun", str(rrd), *cfg]) == 0
