@@ -1,12 +1,13 @@
-"""`xr0 model info --config full|tiny|PATH`: what a model is made of, without loading any weights.
+"""`xr0 model info [full|tiny|PATH]`: what a model is made of, without loading any weights.
 
 The model is built on PyTorch's meta device (shapes only, no memory), so `full` (4.7 B parameters) is
 described in a second on any machine. For a checkpoint directory it also checks the stored tensor names
 and shapes against the model (the strict-load check, reading only the safetensors headers) and lists the
 robot types whose action statistics the checkpoint carries.
 
-Note: after `info`, `--config` names the model (a variant or a checkpoint directory); the app's
-config.yaml can still be given before it: `xr0 model --config my.yaml info --config tiny`.
+The model is a positional argument (or `--model`). Earlier versions named it with `--config` after
+`info`, unlike every other command's `--config` (the app config): that spelling still works for one
+release, with a deprecation line.
 """
 
 from __future__ import annotations
@@ -21,11 +22,20 @@ from app.errors import CliError
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="sub", metavar="{info}", required=True)
-    info = sub.add_parser("info", help="parameter counts by part, mask mode, checkpoint layout check")
+    info = sub.add_parser(
+        "info",
+        help="parameter counts by part, mask mode, checkpoint layout check",
+        description="parameter counts by part, mask mode, checkpoint layout check",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     info.add_argument(
-        "--config", "--model", dest="model", default="full", metavar="full|tiny|PATH",
-        help="a model variant or a checkpoint directory (default: full)",
+        "model", nargs="?", default=None, metavar="MODEL",
+        help="a model variant (full, tiny) or a checkpoint directory (default: full)",
     )  # fmt: skip
+    info.add_argument(
+        "--model", dest="model_option", default=None, metavar="MODEL", help="the same, as an option"
+    )
+    info.add_argument("--config", dest="model_deprecated", default=None, help=argparse.SUPPRESS)
     info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     info.add_argument("--robot", choices=ROBOT_TYPES, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     info.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
@@ -51,7 +61,7 @@ def describe(target: str) -> dict:
             raise CliError(str(e)) from e
     else:
         raise CliError(
-            f"--config {target}: not a model variant ({', '.join(VARIANTS)}) nor a checkpoint directory"
+            f"model {target}: not a model variant ({', '.join(VARIANTS)}) nor a checkpoint directory"
         )
     with torch.device("meta"):
         model = XR0Model(config)
@@ -120,6 +130,17 @@ def _human(n: int) -> str:
 
 
 def run(args, config) -> int:
-    info = describe(args.model)
+    import sys
+
+    given = [m for m in (args.model, args.model_option, args.model_deprecated) if m is not None]
+    if len(given) > 1:
+        raise CliError(f"name the model once (got {', '.join(given)})")
+    if args.model_deprecated is not None:
+        print(
+            f"xr0 model info: --config after `info` is deprecated (it will mean the app config, as everywhere "
+            f"else); write `xr0 model info {args.model_deprecated}`",
+            file=sys.stderr,
+        )
+    info = describe(given[0] if given else "full")
     print(json.dumps(info) if args.json else format_info(info))
     return 0 if info.get("layout", "ok") == "ok (strict)" or "layout" not in info else 1

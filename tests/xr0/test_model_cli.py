@@ -9,7 +9,7 @@ from xr0.checkpoint import save_checkpoint
 
 
 def test_model_info_full_counts_without_memory(capsys):
-    assert main(["model", "info", "--config", "full", "--json"]) == 0
+    assert main(["model", "info", "full", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["parameters"]["action_head"] == 278_458_368
     assert round(info["parameters"]["total"] / 1e9, 2) == 4.72
@@ -17,17 +17,24 @@ def test_model_info_full_counts_without_memory(capsys):
 
 
 def test_model_info_table_for_tiny(capsys):
-    assert main(["model", "info", "--config", "tiny"]) == 0
+    assert main(["model", "info", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "action head" in out and "band (window 4)" in out
+    assert main(["model", "info", "--model", "tiny"]) == 0
+    assert capsys.readouterr().out == out
+    assert main(["model", "info", "--config", "tiny"]) == 0  # the old spelling, for one release
+    captured = capsys.readouterr()
+    assert captured.out == out and "--config after `info` is deprecated" in captured.err
+    assert main(["model", "info", "config.yaml"]) == 1  # a wrong argument is one sentence, not the top usage
+    assert "model config.yaml: not a model variant" in capsys.readouterr().err
 
 
 def test_model_info_checks_a_checkpoint(model, processor, tmp_path, capsys):
     save_checkpoint(model, processor, tmp_path / "ckpt")
-    assert main(["model", "info", "--config", str(tmp_path / "ckpt"), "--json"]) == 0
+    assert main(["model", "info", str(tmp_path / "ckpt"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["layout"] == "ok (strict)" and info["robot_types"] == {"aloha": 16, "libero_all": 10}
-    assert main(["model", "info", "--config", str(tmp_path / "nowhere")]) == 1
+    assert main(["model", "info", str(tmp_path / "nowhere")]) == 1
     assert "not a model variant" in capsys.readouterr().err
 
 
