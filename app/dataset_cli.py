@@ -1,12 +1,14 @@
-"""`xr0 dataset info|validate|repair|stats|view PATH` — inspect and look after an episode store.
+"""`xr0 dataset info|validate|repair|stats|view --dataset PATH` — inspect and look after an episode store.
 
 PATH is a store path, or a bare NAME under recording.root (as `xr0 record --dataset` takes it).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,11 @@ def add_arguments(p) -> None:
                 else lerobot_cli.add_import_arguments
             )(s)
             continue
-        s.add_argument("path", help="dataset: a store path or a NAME under recording.root")
+        s.add_argument(
+            "--dataset", dest="dataset", default=None, help="a store path or a NAME under recording.root"
+        )
+        # the earlier positional spelling, kept for one release with a deprecation line
+        s.add_argument("path", nargs="?", default=None, help=argparse.SUPPRESS)
         if name == "info":
             s.add_argument("--json", action="store_true", help="print JSON instead of text")
         elif name == "validate":
@@ -93,13 +99,29 @@ def run(args, config: AppConfig) -> int:
         return (lerobot_cli.export_lerobot if args.sub == "export-lerobot" else lerobot_cli.import_lerobot)(
             args, config
         )
-    path = dataset_path(args.path, config)
+    path = dataset_path(_named_dataset(args), config)
     try:
         return {"info": _info, "validate": _validate, "repair": _repair, "stats": _stats, "view": _view}[
             args.sub
         ](args, config, path)
     except StoreError as e:
         raise CliError(str(e)) from e
+
+
+def _named_dataset(args) -> str:
+    """--dataset, as every command names its store; a positional path still works, with a deprecation line."""
+    if args.dataset and args.path:
+        raise CliError(f"name the dataset once (got --dataset {args.dataset} and {args.path})")
+    if args.path:
+        print(
+            f"{prog()} dataset {args.sub}: a positional dataset is deprecated; write --dataset {args.path} "
+            "(as record, replay, train and export-lerobot take it)",
+            file=sys.stderr,
+        )
+        return args.path
+    if not args.dataset:
+        raise CliError(f"dataset {args.sub} needs --dataset PATH|NAME")
+    return args.dataset
 
 
 def _size(path: Path) -> int:
@@ -199,7 +221,7 @@ def _validate(args, config: AppConfig, path: Path) -> int:
     for p in report.partial:
         print(
             f"partial episode {p.index}: an interrupted recording; {p.flushed_steps} steps ({p.seconds:g} s) "
-            f"are recoverable — run `{prog()} dataset repair {path}` (or --drop)"
+            f"are recoverable — run `{prog()} dataset repair --dataset {path}` (or --drop)"
         )
     for problem in report.problems:
         print(f"problem: {problem}")

@@ -279,7 +279,7 @@ def preflight(path: Path) -> None:
     if partial:
         raise CliError(
             f"dataset {path} has partial episode(s) {', '.join(map(str, partial))} left by an interrupted "
-            f"recording; run `{prog()} dataset repair {path}` (recover, or --drop) first"
+            f"recording; run `{prog()} dataset repair --dataset {path}` (recover, or --drop) first"
         )
 
 

@@ -137,7 +137,7 @@ class EpisodeStore:
             if episode in self.partial:
                 raise StoreError(
                     f"episode {episode} of {self.path} is partial (an interrupted recording); "
-                    f"run `xr0 dataset repair {self.path}` to recover or drop it"
+                    f"run `xr0 dataset repair --dataset {self.path}` to recover or drop it"
                 )
             raise StoreError(
                 f"{self.path} has no episode {episode}; it has {len(self.episodes)} committed episode(s)"
@@ -166,7 +166,7 @@ class EpisodeStore:
         except (ValueError, RuntimeError, OSError, TypeError) as e:
             raise StoreError(
                 f"{self.path}: episode {episode}, {key}, steps {_describe(selection)}: the stored data is "
-                f"corrupted ({e}); check with `xr0 dataset validate --deep {self.path}`"
+                f"corrupted ({e}); check with `xr0 dataset validate --dataset {self.path} --deep`"
             ) from e
 
     def get(self, episode: int, key: str, steps: int | slice = slice(None)) -> np.ndarray:

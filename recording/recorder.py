@@ -57,7 +57,7 @@ def describe_error(e: BaseException, path: Path) -> str:
         return (
             f"the disk is full: could not write to {path} (no space left on device); committed episodes are "
             f"intact, the episode being recorded was kept as a partial episode (free space, then run "
-            f"`xr0 dataset repair {path}`)"
+            f"`xr0 dataset repair --dataset {path}`)"
         )
     if isinstance(e, StoreError):
         return str(e)

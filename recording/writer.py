@@ -145,7 +145,7 @@ class StoreWriter:
             if partial and not allow_partial:
                 raise StoreError(
                     f"dataset {self.path} has partial episode(s) {', '.join(map(str, partial))} left by an "
-                    f"interrupted recording; run `xr0 dataset repair {self.path}` (recover or --drop) first"
+                    f"interrupted recording; run `xr0 dataset repair --dataset {self.path}` (recover or --drop) first"
                 )
         except BaseException:
             self.close()

@@ -98,25 +98,28 @@ def test_replay_reproduces_the_recorded_episode_in_sim(recorded, small_config, c
 
 def test_dataset_info_validate_stats_view(recorded, small_config, tmp_path, capsys, monkeypatch):
     cfg = ["--config", str(small_config)]
-    assert main(["dataset", "info", str(recorded), "--json", *cfg]) == 0
+    assert main(["dataset", "info", "--dataset", str(recorded), "--json", *cfg]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["episodes"] == 2 and info["steps"] == 600 and info["success"] == {"judged": 2, "succeeded": 2}
     assert info["flagged_low_rate"] == [] and info["bytes_per_minute"] > 0
-    assert main(["dataset", "validate", str(recorded), "--deep", *cfg]) == 0
+    assert main(["dataset", "validate", "--dataset", str(recorded), "--deep", *cfg]) == 0
     assert "ok: 2 committed episode(s), 600 steps (deep)" in capsys.readouterr().out
-    assert main(["dataset", "stats", str(recorded), *cfg]) == 0
+    assert main(["dataset", "stats", "--dataset", str(recorded), *cfg]) == 0
     assert "not stored (--write stores them)" in capsys.readouterr().out
     assert not EpisodeStore(recorded).stats  # printing statistics does not modify the store
-    assert main(["dataset", "info", str(recorded), *cfg]) == 0
+    assert main(["dataset", "info", "--dataset", str(recorded), *cfg]) == 0
     assert "statistics" not in capsys.readouterr().out  # not computed: nothing to say (training needs none)
     monkeypatch.setenv("XR0_PROG", "./xr0w")
-    assert main(["dataset", "stats", str(recorded), "--write", *cfg]) == 0
+    assert main(["dataset", "stats", "--dataset", str(recorded), "--write", *cfg]) == 0
     assert EpisodeStore(recorded).stats["relative_action"]["shape"] == [30, 14]
-    assert main(["dataset", "info", str(recorded), *cfg]) == 0
+    assert main(["dataset", "info", "--dataset", str(recorded), *cfg]) == 0
     assert "(./xr0w dataset stats --write)" in capsys.readouterr().out  # hints name the command the user ran
 
     rrd = tmp_path / "view.rrd"
-    assert main(["dataset", "view", str(recorded), "--episode", "1", "--rerun", str(rrd), *cfg]) == 0
+    assert (
+        main(["dataset", "view", "--dataset", str(recorded), "--episode", "1", "--rerun", str(rrd), *cfg])
+        == 0
+    )
     from rerun.chunk import RrdReader
 
     rows: dict[str, int] = {}
@@ -134,9 +137,15 @@ def test_dataset_commands_on_bad_paths_are_one_sentence(tmp_path, small_config, 
         (tmp_path / "plain", "not a Zarr store"),
     ):
         for sub in ("info", "validate", "repair", "stats"):
-            assert main(["dataset", sub, str(path), "--config", str(small_config)]) == 1
+            assert main(["dataset", sub, "--dataset", str(path), "--config", str(small_config)]) == 1
             err = capsys.readouterr().err.strip()
             assert expect in err and err.count("\n") == 0, (sub, err)
+    # the earlier positional spelling still works for a release, with a deprecation line
+    assert main(["dataset", "info", str(tmp_path / "plain"), "--config", str(small_config)]) == 1
+    first, second = capsys.readouterr().err.strip().splitlines()
+    assert "positional dataset is deprecated; write --dataset" in first and "not a Zarr store" in second
+    assert main(["dataset", "info", "--config", str(small_config)]) == 1
+    assert "dataset info needs --dataset PATH|NAME" in capsys.readouterr().err
     assert main(["record", "--config", str(small_config), "--dataset", str(tmp_path / "plain")]) == 1
     assert "not a Zarr store" in capsys.readouterr().err
 
