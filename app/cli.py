@@ -51,6 +51,32 @@ def add_common(p: argparse.ArgumentParser, nested: bool = False) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=unset or False, help="debug logging")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, where it has a real one (not None, False or a
+    suppressed value) and the help does not already say it; descriptions and epilogs keep their lines."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, argparse.SUPPRESS)
+            or action.option_strings == []
+            or isinstance(action, argparse._HelpAction | argparse._VersionAction)
+        ):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+        return f"{text} (default: {shown})"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with our help format, for every command and sub-command (sub-parsers are this class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 class VersionAction(argparse.Action):
     """--version, computed only when asked (it runs git)."""
 
@@ -65,7 +91,7 @@ class VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xr0",
         description="Teleop data collection, XR0 fine-tuning and asynchronous rollouts for bimanual ALOHA-class robots.",
     )
@@ -76,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, module_name) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_common(p)
         module = importlib.import_module(module_name)
+        epilog = getattr(module, "EPILOG", None)
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=epilog)
+        add_common(p)
         module.add_arguments(p)
         p.set_defaults(func=module.run)
     return parser

@@ -188,6 +188,10 @@ def check_disk(path: Path, bytes_needed: float, margin: float) -> float:
 
 
 # -- command line: `xr0 record` ---------------------------------------------------------------------------------
+EPILOG = f"""While recording (the same keys in a terminal or over SSH; a status line shows the episode):
+  {keys.HELP}"""
+
+
 def add_arguments(p) -> None:
     p.add_argument(
         "--dataset",
@@ -195,11 +199,23 @@ def add_arguments(p) -> None:
         help="store path (e.g. datasets/NAME.zarr), or a bare NAME under recording.root "
         "(default: ROBOT_TASK.zarr there); an existing store of the same set-up is appended to",
     )
-    p.add_argument("--task", default=None, help="task instruction stored with each episode")
-    p.add_argument("--episodes", type=int, default=1, help="episodes to keep")
-    p.add_argument("--episode-seconds", type=float, default=None, help="length of one episode")
     p.add_argument(
-        "--reset-seconds", type=float, default=None, help="unrecorded pause between episodes (hardware)"
+        "--task",
+        default=None,
+        help="task instruction stored with each episode (default: the sim task's, else policy.instruction)",
+    )
+    p.add_argument("--episodes", type=int, default=1, help="episodes to keep")
+    p.add_argument(
+        "--episode-seconds",
+        type=float,
+        default=None,
+        help="length of one episode, s (default: recording.episode_seconds; sim: robot.scripted.episode_seconds)",
+    )
+    p.add_argument(
+        "--reset-seconds",
+        type=float,
+        default=None,
+        help="unrecorded pause between episodes on hardware, s (default: recording.reset_seconds)",
     )
     p.add_argument("--rerun", default=None, help="also show the session: off | spawn | web[:PORT] | FILE.rrd")
     p.add_argument(

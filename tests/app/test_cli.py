@@ -168,3 +168,14 @@ def test_cameras_lists_devices_and_flags_configured_ones_that_are_missing(tmp_pa
     out = capsys.readouterr().out
     assert "RealSense cameras connected: 0" in out
     assert "111122223333  configured as cam_high but NOT connected" in out
+
+
+def test_help_shows_defaults_and_record_lists_its_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["record", "--help"])
+    out = capsys.readouterr().out
+    assert "episodes to keep (default: 1)" in out
+    assert "→/n next" in out and "Esc/q quit" in out  # the recording keys, before anyone presses one
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "(default: None)" not in capsys.readouterr().out  # no default is better than a wrong-looking one
