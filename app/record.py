@@ -227,6 +227,18 @@ def add_arguments(p) -> None:
     )
 
 
+def writer_line(lockstep: bool, peak: int, size: int, overflows: int) -> str:
+    """The recorder's queue in words. In lock-step with the simulator the loop waits for the writer, so a
+    full queue is back-pressure, not a risk; on a real clock a queue that nearly filled is a warning."""
+    if lockstep:
+        return f"writer: in lock-step with the simulator (the loop waited for it; queue peak {peak}/{size}, nothing lost)"
+    if overflows:
+        return f"writer: QUEUE OVERFLOWED {overflows} time(s) (peak {peak}/{size}): the disk or CPU could not keep up"
+    if peak >= 0.8 * size:
+        return f"writer: warning: the queue reached {peak}/{size}; the disk or CPU is close to falling behind"
+    return f"writer: kept up (queue peak {peak}/{size})"
+
+
 def first_seed(path: Path, explicit: int | None, default: int, episodes: int) -> tuple[int, list[str]]:
     """The simulator seed to record the first episode on, and warning lines for the operator.
 
@@ -432,8 +444,6 @@ def _print_report(path: Path, report: RecordReport, recorder: Recorder | None) -
     late = f", loop lateness p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms" if lat else ""
     print(f"  {report.ticks} ticks in {report.wall_s:.1f} s{late}; stale ticks {report.stale_ticks}")
     if recorder is not None:
-        print(
-            f"  writer: queue peak {recorder.max_depth}/{recorder.queue_size}, overflows {recorder.overflows}"
-        )
+        print("  " + writer_line(recorder.block, recorder.max_depth, recorder.queue_size, recorder.overflows))
     for alarm in report.alarms:
         print(f"  ALARM: {alarm}")

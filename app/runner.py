@@ -32,7 +32,7 @@ from app.schedule import MODES, ChunkScheduler, DelayEstimator, Switch
 from app.scripted_policy import ScriptedPolicyConfig
 from drivers.clock import NS_PER_S, Clock, SimClock, Tick
 from drivers.errors import DeviceError
-from drivers.joints import GRIPPER_INDICES, STATE_DIM
+from drivers.joints import GRIPPER_INDICES, JOINT_NAMES, STATE_DIM
 from drivers.robot import BimanualRobot, Observation
 from xr0.boundary import Policy, PolicyObservation
 
@@ -188,7 +188,7 @@ class PolicyRunner:
         self._started = False  # a chunk has run since the last (re)start: an empty plan is starvation
         self._stall = 0
         self._observe_failures = 0
-        self._error_logged_at = -1e9
+        self._error_logged_at, self._problems_held = -1e9, 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -413,13 +413,19 @@ class PolicyRunner:
         beyond = (a < self._limits[:, 0] - tol) | (a > self._limits[:, 1] + tol)
         if beyond.any():
             row, col = map(int, np.argwhere(beyond)[0])
-            return f"row {row} joint {col} is {a[row, col]:.3f}, beyond the joint limits by more than {tol}"
+            return (
+                f"action {row} of the chunk sets {JOINT_NAMES[col]} to {a[row, col]:.3f}, beyond its limit "
+                f"[{self._limits[col, 0]:.3f}, {self._limits[col, 1]:.3f}] by more than {tol}"
+            )
         return None
 
     def _log_problem(self, message: str) -> None:
+        """A warning at most every 5 s; the ones held back in between are counted in the next."""
         now = time.monotonic()
         if now - self._error_logged_at > 5.0:
-            log.warning(message)
-            self._error_logged_at = now
+            held = self._problems_held
+            log.warning(message + (f" ({held} more like it in the last 5 s not shown)" if held else ""))
+            self._error_logged_at, self._problems_held = now, 0
         else:
+            self._problems_held += 1
             log.debug(message)

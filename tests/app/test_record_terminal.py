@@ -145,3 +145,12 @@ def test_ctrl_c_ends_the_open_episode_cleanly(tmp_path, config):
     assert s.episodes == [0, 1] and s.partial == [] and validate(store, deep=True).ok
     assert s.info(0)["length"] == 300 and s.info(0)["interrupted"] is False
     assert 0 < s.info(1)["length"] < 300 and s.info(1)["interrupted"] is True
+
+
+def test_the_writer_line_tells_back_pressure_from_falling_behind():
+    from app.record import writer_line
+
+    assert "nothing lost" in writer_line(True, 90, 90, 0)  # the simulator waits for the writer
+    assert writer_line(False, 3, 90, 0) == "writer: kept up (queue peak 3/90)"
+    assert "warning" in writer_line(False, 80, 90, 0)
+    assert "OVERFLOWED 2 time(s)" in writer_line(False, 90, 90, 2)

@@ -86,12 +86,15 @@ class FaultyPolicy:
         return Chunk(a, chunk.timing_ms)
 
 
-def test_broken_chunks_are_rejected_and_the_arms_hold(tmp_path):
+def test_broken_chunks_are_rejected_and_the_arms_hold(tmp_path, caplog):
     cfg = small_config(tmp_path)
     faults = {2: "nan", 3: "range", 4: "shape", 5: "raise"}
     rig, runner, session, log = scripted_session(cfg, make_policy=lambda s: FaultyPolicy(s, faults))
-    report = session.run(6.0)
+    with caplog.at_level("DEBUG", logger="app.runner"):
+        report = session.run(6.0)
     rig.close()
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "action 12 of the chunk sets left_waist to 7.000, beyond its limit [" in said  # by name
     assert runner.stats.rejected_chunks == 3 and runner.stats.inference_errors == 1
     assert report.chunks["failed"] == 4
     assert all(np.all(np.isfinite(e.action)) for e in log.steps)
