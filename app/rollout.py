@@ -511,6 +511,43 @@ def print_summary(r: RolloutReport) -> None:
         )
 
 
+def summary_facts(r: RolloutReport) -> dict[str, str]:
+    """What the summary plot states beside its panels: which policy (and checkpoint step), how many
+    episodes, how they went, and what the runner and the safety layer had to do."""
+    judged = [e for e in r.episodes if e.success is not None]
+    wins = sum(bool(e.success) for e in judged)
+    c, s = r.chunks, r.runner
+    delays = ", ".join(f"{d}:{n}" for d, n in sorted(r.delay_ticks.items())) or "—"
+    facts = {
+        "policy": _policy_label(r.policy),
+        "mode": f"{r.mode} on {r.robot}",
+        "episodes": f"{len(r.episodes)} attempted, {len(judged)} judged",
+        "success": f"{wins}/{len(judged)}" + (f" ({wins / len(judged):.0%})" if judged else ""),
+        "control time": f"{r.control_s / 60:.1f} min ({r.stopped_by})",
+        "chunks": f"{c.get('requests', 0)} requested, {c.get('failed', 0)} failed",
+        "rejected": f"{int(s.get('rejected_chunks', 0))} chunks (beyond limits, NaN, shape)",
+        "delays (ticks:chunks)": delays,
+        "clamps": f"{r.safety.get('clamped_limit', 0)} limit, {r.safety.get('clamped_delta', 0)} step size",
+    }
+    if r.inference_ms:
+        facts["latency"] = f"p50 {r.inference_ms['p50']:.0f} ms, p99 {r.inference_ms['p99']:.0f} ms"
+    return facts
+
+
+def _policy_label(policy: str) -> str:
+    """A checkpoint path as `…/run/checkpoints/step-001500 (step 1500)`; other sources as given."""
+    path = Path(policy)
+    try:
+        resolved = path.resolve() if path.exists() else path
+    except OSError:
+        resolved = path
+    name = resolved.name
+    if name.startswith("step-") and name[5:].isdigit():
+        tail = "/".join(resolved.parts[-3:])
+        return f"…/{tail} (step {int(name[5:])})"
+    return policy if len(policy) <= 48 else "…" + policy[-47:]
+
+
 def run(args, config: AppConfig) -> int:
     if args.mode:
         config = replace(config, policy=replace(config.policy, mode=args.mode))
@@ -536,7 +573,13 @@ def run(args, config: AppConfig) -> int:
         path.write_text(json.dumps(asdict(report), indent=2))
         print(f"  summary: {path}")
     png = summary_plot_path(args.summary, sink)
-    summary_png(png, report.control_s, report.success_times_s(config.control.fps), report.latency_samples_ms)
+    summary_png(
+        png,
+        report.control_s,
+        report.success_times_s(config.control.fps),
+        report.latency_samples_ms,
+        summary_facts(report),
+    )
     print(f"  summary plot: {png}")
     return 0
 

@@ -24,6 +24,7 @@ import queue
 import socket
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -355,10 +356,15 @@ def latency_histogram(ax, latencies_ms: list[float]) -> None:
     ax.set_xlabel("inference latency (ms)")
 
 
-def summary_png(
-    path: Path, duration_s: float, success_times_s: list[float], latencies_ms: list[float]
-) -> Path:
-    """End-of-rollout plot: tasks per minute over the run, and the inference latency histogram."""
+def summary_figure(
+    duration_s: float,
+    success_times_s: list[float],
+    latencies_ms: list[float],
+    facts: Mapping[str, str] | None = None,
+):
+    """The end-of-rollout figure: tasks per minute (axis from 0, zero minutes shown), the inference latency
+    histogram, and the facts that say what the numbers are about (policy, episodes, success, delays,
+    rejections, clamps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -368,10 +374,14 @@ def summary_png(
     for s in sorted(success_times_s):
         t.add(s)
     buckets = t.per_minute(duration_s)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), dpi=100)
+    fig, (ax1, ax2, ax3) = plt.subplots(
+        1, 3, figsize=(15, 4), dpi=100, gridspec_kw={"width_ratios": [1.2, 1.0, 0.9]}
+    )
     minutes = np.arange(1, len(buckets) + 1)
     ax1.bar(minutes, buckets, color="#3b7dd8")
     ax1.set_xticks(minutes if len(minutes) <= 30 else minutes[::5])
+    ax1.set_ylim(0, max(1, max(buckets, default=0)) * 1.1)  # never a ±0.04 axis around zero successes
+    ax1.yaxis.get_major_locator().set_params(integer=True)
     ax1.set_xlabel("minute of the rollout")
     ax1.set_ylabel("tasks completed")
     total = len(success_times_s)
@@ -381,7 +391,25 @@ def summary_png(
     latency_histogram(ax2, latencies_ms)
     ax2.set_ylabel("chunks")
     ax2.set_title("inference latency")
+    ax3.axis("off")
+    lines = [f"{k}: {v}" for k, v in (facts or {}).items()]
+    ax3.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9, wrap=True)
+    ax3.set_title("rollout", loc="left")
     fig.tight_layout()
+    return fig
+
+
+def summary_png(
+    path: Path,
+    duration_s: float,
+    success_times_s: list[float],
+    latencies_ms: list[float],
+    facts: Mapping[str, str] | None = None,
+) -> Path:
+    """`summary_figure` as a PNG (1500×400)."""
+    import matplotlib.pyplot as plt
+
+    fig = summary_figure(duration_s, success_times_s, latencies_ms, facts)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -191,6 +191,19 @@ def test_summary_png_has_the_expected_size(tmp_path):
         1800.0,
         [30.0 * k for k in range(1, 40)],
         list(np.random.default_rng(0).normal(90, 10, 500)),
+        {"policy": "scripted", "success": "39/39 (100%)"},
     )
     with Image.open(path) as img:
-        assert img.size == (1200, 400)
+        assert img.size == (1500, 400)
+
+
+def test_summary_figure_without_successes_starts_its_axis_at_zero_and_states_the_facts():
+    import matplotlib.pyplot as plt
+
+    from app.viz import summary_figure
+
+    fig = summary_figure(120.0, [], [40.0, 50.0], {"policy": "…/run/checkpoints/step-001500 (step 1500)"})
+    throughput, _, facts = fig.axes
+    assert throughput.get_ylim() == (0.0, 1.1)  # not −0.04…0.04 around zero successes
+    assert "step 1500" in facts.texts[0].get_text()
+    plt.close(fig)
