@@ -18,7 +18,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     ),
     "cameras": ("teleop, record, rollout, eval (what is rendered or opened), cameras, doctor", "cameras.md"),
     "control": ("teleop, record, replay, rollout, eval, demo", "runner.md"),
-    "recording": ("record, teleop --record, rollout --record, dataset, demo", "recording.md"),
+    "recording": ("record, rollout --record, dataset, demo", "recording.md"),
     "policy": ("rollout, eval, serve, demo (the `server` part: serve and every ws:// client)", "runner.md"),
     "viz": ("teleop, record, rollout (`--rerun`), dataset view", "runner.md"),
     "runtime": (

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app import record_console as keys
+from app import terminal as keys
 from app.compose import Rig
 from app.config import AppConfig
 from app.errors import CliError, prog

@@ -18,12 +18,9 @@ latency, the delay distribution, late chunks, starvations, clamps, loop lateness
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
-import select
 import sys
 import threading
 import time
@@ -43,7 +40,15 @@ from drivers.clock import Rate
 from drivers.sim.aloha import EVAL_SEED_START, StageTracker
 
 log = logging.getLogger(__name__)
-KEYS = {"s": "success", "f": "failure", "p": "pause", "e": "estop", " ": "estop", "q": "quit", "\x1b": "quit"}
+KEYS = {
+    b"s": "success",
+    b"f": "failure",
+    b"p": "pause",
+    b"e": "estop",
+    b" ": "estop",
+    b"q": "quit",
+    b"\x1b": "quit",
+}
 HELP = "keys: s success · f failure · p pause/resume · e/SPACE e-stop · q/Esc quit"
 
 
@@ -305,60 +310,33 @@ def status_text(session: RolloutSession) -> str:
 
 # -- keys and the status line ---------------------------------------------------------------------------------
 class Terminal:
-    """Single keys from a TTY (cbreak mode, on a thread) and a status line redrawn on stderr; a no-op
-    when stdin/stderr are not terminals (tests, pipes)."""
+    """Rollout's keys through the shared terminal component (app/terminal.py), acted on as they are typed,
+    and a status line redrawn on stderr; a no-op when stdin/stderr are not terminals (tests, pipes)."""
 
     def __init__(self, session: RolloutSession, period_s: float = 0.5) -> None:
+        from app.terminal import Keyboard
+
         self.session = session
         self.period_s = period_s
+        self.keyboard = Keyboard(keys=KEYS, escapes={}, on_command=session.press)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._saved = None
-        self._fd = None
+        self._status_thread: threading.Thread | None = None
 
     def __enter__(self) -> Terminal:
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            fd = sys.stdin.fileno()
-            if os.isatty(fd):
-                import termios
-                import tty
-
-                self._fd, self._saved = fd, termios.tcgetattr(fd)
-                tty.setcbreak(fd)
-                self._threads.append(threading.Thread(target=self._keys, name="rollout-keys", daemon=True))
+        self.keyboard.__enter__()
         if sys.stderr.isatty():
-            self._threads.append(threading.Thread(target=self._status, name="rollout-status", daemon=True))
-        for t in self._threads:
-            t.start()
-        if self._fd is not None:
+            self._status_thread = threading.Thread(target=self._status, name="rollout-status", daemon=True)
+            self._status_thread.start()
+        if self.keyboard.active:
             print(HELP, flush=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=1.0)
-        if self._saved is not None:
-            import termios
-
-            with contextlib.suppress(termios.error, OSError):
-                termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
-        if sys.stderr.isatty():
+        if self._status_thread is not None:
+            self._status_thread.join(timeout=1.0)
             sys.stderr.write("\n")
-
-    def _keys(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select([self._fd], [], [], 0.1)
-                data = os.read(self._fd, 64).decode(errors="ignore") if ready else ""
-            except OSError:
-                return
-            if data.startswith("\x1b") and len(data) > 1:
-                continue  # arrow keys and other escape sequences: not ours
-            for ch in data:
-                command = KEYS.get(ch.lower())
-                if command is not None:
-                    self.session.press(command)
+        self.keyboard.__exit__(*exc)
 
     def _status(self) -> None:
         while not self._stop.wait(self.period_s):

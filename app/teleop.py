@@ -1,5 +1,8 @@
 """The teleoperation session: leaders drive followers at `control.fps` on absolute deadlines.
 
+On a terminal the operator has keys (KEYS: pause, e-stop, quit, through app/terminal.py) and a status
+line; Ctrl-C ends the open episode cleanly and still prints the summary.
+
 Each tick: observe (joints + frames), read the leaders, send through the safety layer, publish a
 `StepEvent` to the subscribers (Rerun, the recorder). In the simulator the scripted teleoperator is the
 leader, each episode starts from a reset with the next seed, and success is read from the task.
@@ -49,6 +52,8 @@ class TeleopReport:
     safety: dict[str, int] = field(default_factory=dict)
     observations: dict[str, int] = field(default_factory=dict)  # observation quality counters
     error: str | None = None  # the device error that ended the session early, if any
+    stopped_by: str = "done"  # done | quit | e-stop | interrupted | error
+    paused_ticks: int = 0  # ticks the followers held while the operator paused
 
     @property
     def success_rate(self) -> float | None:
@@ -90,14 +95,54 @@ def teleop_step(
     )
 
 
+# The operator's keys (read by the shared terminal component, app/terminal.py).
+KEYS = {b"p": "pause", b" ": "pause", b"e": "estop", b"q": "quit", b"\x1b": "quit"}
+HELP = "keys: p/SPACE pause (the followers hold; again: resume) · e e-stop (hold and stop) · q/Esc quit"
+STATUS_EVERY_TICKS = 15  # the status line is redrawn twice a second at 30 Hz
+
+
 class TeleopSession:
     def __init__(
-        self, rig: Rig, fps: float, publisher: Publisher | None = None, stop: threading.Event | None = None
+        self,
+        rig: Rig,
+        fps: float,
+        publisher: Publisher | None = None,
+        stop: threading.Event | None = None,
+        keyboard=None,
+        console=None,
     ) -> None:
+        """`keyboard` (app.terminal.Keyboard with KEYS) and `console` (app.terminal.Console): the
+        operator's keys and status line; without them the session runs on its own."""
         self.rig = rig
         self.fps = fps
         self.publisher = publisher or Publisher()
         self.stop = stop or threading.Event()
+        self.keyboard, self.console = keyboard, console
+        self.paused = False
+        self.stopped_by = "done"
+
+    def _keys(self) -> None:
+        for command in self.keyboard.poll() if self.keyboard is not None else ():
+            if command == "pause":
+                self.paused = not self.paused
+            elif command == "estop":
+                self.rig.robot.hold()  # at once: the followers keep their last command
+                self.stopped_by = "e-stop"
+                self.stop.set()
+            elif command == "quit":
+                self.stopped_by = "quit"
+                self.stop.set()
+
+    def _status(self, ep: int, episodes: int, ticks: int, total: int, report: TeleopReport) -> None:
+        if self.console is None:
+            return
+        safety = self.rig.robot.safety
+        clamps = safety.counters.clamped_limit + safety.counters.clamped_delta if safety is not None else 0
+        state = "PAUSED (followers hold)" if self.paused else "following the leaders"
+        self.console.status(
+            f"episode {ep + 1}/{episodes} · {ticks / self.fps:5.1f}/{total / self.fps:.0f} s · {state} · "
+            f"clamps {clamps} · skipped ticks {report.skipped_ticks}"
+        )
 
     def _tick(self, tick: Tick, tick_index: int, episode: int) -> StepEvent:
         return teleop_step(self.rig.robot, self.rig.clock, tick, tick_index, episode)
@@ -126,17 +171,29 @@ class TeleopSession:
                 summary = EpisodeSummary(index=ep, ticks=0, seed=seed, max_stage=0 if sim else None)
                 stages = StageTracker(sim) if sim is not None else None
                 rate = Rate(clock, self.fps)
-                for _ in range(ticks_per_episode):
+                for k in range(ticks_per_episode):
+                    self._keys()
                     if self.stop.is_set():
                         break
-                    tick = rate.wait()
+                    if k % STATUS_EVERY_TICKS == 0:
+                        self._status(ep, episodes, k, ticks_per_episode, report)
                     try:
+                        tick = rate.wait()
+                        if self.paused:
+                            robot.hold()  # the leaders are not followed; nothing is published
+                            report.paused_ticks += 1
+                            continue
                         event = self._tick(tick, tick_index, ep)
                     except DeviceError as e:
                         # A device failed mid-episode (a camera stopped, a stale sample): end the episode
                         # cleanly — subscribers get its end event and keep what they have — and stop.
                         log.error("episode %d ended: %s", ep, e)
                         summary.error = report.error = str(e)
+                        self.stopped_by = "error"
+                        self.stop.set()
+                        break
+                    except KeyboardInterrupt:  # Ctrl-C: end the episode cleanly, then the summary
+                        self.stopped_by = "interrupted"
                         self.stop.set()
                         break
                     for k, v in event.timings_ms.items():
@@ -156,9 +213,12 @@ class TeleopSession:
                     EpisodeEvent(ep, "end", clock.now_ns(), success=summary.success, seed=seed, info=info)
                 )
                 log.info("episode %d: %d ticks, success=%s", ep, summary.ticks, summary.success)
+            if self.console is not None:
+                self.console.clear_status()
             report.safety = robot.safety.counters.as_dict() if robot.safety else {}
             report.observations = dict(robot.observation_counters)
         report.ticks = tick_index
+        report.stopped_by = self.stopped_by
         report.wall_s = time.perf_counter() - wall0
         if lateness:
             lat = np.array(lateness) / 1e6
@@ -200,8 +260,15 @@ def run_teleop(
     if seconds is None:
         sim_seconds = config.robot.scripted.episode_seconds
         seconds = sim_seconds if rig.sim is not None else config.recording.episode_seconds
+    from app.terminal import Console, Keyboard
+
+    console = Console()
     try:
-        report = TeleopSession(rig, config.control.fps, publisher).run(episodes, seconds)
+        with Keyboard(keys=KEYS, escapes={}) as keyboard:
+            if keyboard.active:
+                console.cue(HELP)
+            session = TeleopSession(rig, config.control.fps, publisher, keyboard=keyboard, console=console)
+            report = session.run(episodes, seconds)
     finally:
         publisher.close()
         rig.close()
@@ -228,8 +295,12 @@ def print_report(report: TeleopReport) -> None:
         print(f"  observations: {obs['duplicated_frames']} duplicated frame(s), {obs['skewed']} skewed")
     if report.success_rate is not None:
         print(f"  success rate: {report.success_rate:.0%}")
+    if report.paused_ticks:
+        print(f"  paused for {report.paused_ticks} ticks (the followers held)")
     if report.error:
         print(f"  stopped early: {report.error}")
+    elif report.stopped_by != "done":
+        print(f"  stopped by {report.stopped_by}")
 
 
 def run(args, config: AppConfig) -> int:
@@ -239,4 +310,6 @@ def run(args, config: AppConfig) -> int:
     print_report(report)
     if sink.path is not None:
         print(f"  Rerun recording: {sink.path}")
-    return 1 if report.error else 0
+    if report.error:
+        return 1
+    return 130 if report.stopped_by == "interrupted" else 0

@@ -1,5 +1,5 @@
-"""`xr0 record` as an operator meets it: a real process, keys typed into a pseudo-terminal (as over SSH),
-Ctrl-C delivered to the process group — and the store afterwards."""
+"""`xr0 record` and `xr0 teleop` as an operator meets them: a real process, keys typed into a
+pseudo-terminal (as over SSH), Ctrl-C delivered to the process group — and the store or summary afterwards."""
 
 import os
 import pty
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.record_console import NEXT, QUIT, RERECORD, parse_keys
+from app.terminal import NEXT, QUIT, RERECORD, parse_keys
 from recording.integrity import validate
 from recording.reader import EpisodeStore
 
@@ -32,7 +32,7 @@ def test_keys_and_escape_sequences_are_parsed():
 
 
 class Terminal:
-    """`xr0 record` on a pseudo-terminal: what it prints is collected; `type` sends keys."""
+    """An `xr0` command on a pseudo-terminal: what it prints is collected; `type` sends keys."""
 
     def __init__(self, argv: list[str]) -> None:
         self.master, slave = pty.openpty()
@@ -45,6 +45,8 @@ class Terminal:
             stdout=slave,
             stderr=slave,
             start_new_session=True,
+            # Ctrl-C must reach it even from a shell that started this run in the background (SIGINT ignored)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         os.close(slave)
         self.output = b""
@@ -154,3 +156,31 @@ def test_the_writer_line_tells_back_pressure_from_falling_behind():
     assert writer_line(False, 3, 90, 0) == "writer: kept up (queue peak 3/90)"
     assert "warning" in writer_line(False, 80, 90, 0)
     assert "OVERFLOWED 2 time(s)" in writer_line(False, 90, 90, 2)
+
+
+def test_teleop_keys_pause_and_quit_with_a_status_line_and_a_summary(config):
+    term = Terminal(
+        ["teleop", "--config", str(config), "--robot", "sim", "--episodes", "3", "--episode-seconds", "60"]
+    )
+    at = term.wait_for("keys: p/SPACE pause")
+    at = term.wait_for(r"episode 1/3 .* following the leaders", at)  # the live status line
+    term.type(b"p")
+    at = term.wait_for(r"PAUSED \(followers hold\)", at)
+    term.type(b" ")  # space resumes
+    at = term.wait_for(r"following the leaders", at)
+    term.type(b"q")  # typed, not echoed, and acted on
+    assert term.finish() == 0, term.output.decode(errors="replace")[-2000:]
+    out = term.output.decode(errors="replace")
+    assert "stopped by quit" in out and re.search(r"paused for \d+ ticks", out)
+    assert "episode 0 seed 0:" in out and "episode 1" not in out.split("teleop on robot")[1]
+
+
+def test_teleop_ctrl_c_still_prints_the_summary(config):
+    term = Terminal(
+        ["teleop", "--config", str(config), "--robot", "sim", "--episodes", "3", "--episode-seconds", "60"]
+    )
+    term.wait_for(r"episode 1/3")
+    os.killpg(term.proc.pid, signal.SIGINT)
+    assert term.finish() == 130
+    out = term.output.decode(errors="replace")
+    assert "stopped by interrupted" in out and "ticks in" in out

@@ -1,9 +1,12 @@
-"""The operator's terminal while recording: single-key controls, a live status line and cues.
+"""The operator's terminal for every loop (record, rollout, teleop): single-key controls, a live status
+line and cues. Each command has its own key map; the reading, the status line and the cues are shared.
 
 Keys are read from stdin in cbreak mode (no Enter needed, no echo; Ctrl-C still interrupts), which
 works in any terminal, including over SSH — no X server, no pynput. When stdin is not a terminal
 (tests, CI, a pipe) there are no keys and the session runs on its own. The status line is redrawn in
 place on stderr, only when stderr is a terminal.
+
+Recording's keys (rollout's and teleop's are listed in app/rollout.py and app/teleop.py):
 
     →  n   next: end the episode now and keep it          ←  r   re-record: discard it, record it again
     d      discard it and go on                            s / f  mark success / failure
@@ -19,6 +22,7 @@ import queue
 import select
 import sys
 import threading
+from collections.abc import Callable
 from typing import IO
 
 # Command names the record loop understands.
@@ -51,12 +55,17 @@ KEYS = {
 HELP = "keys: →/n next · ←/r re-record · d discard · s/f success/failure · p pause · Esc/q quit"
 
 
-def parse_keys(data: bytes) -> list[str]:
-    """Commands in a burst of terminal input (escape sequences first, then single keys; others ignored)."""
+def parse_keys(
+    data: bytes, keys: dict[bytes, str] | None = None, escapes: dict[bytes, str] | None = None
+) -> list[str]:
+    """Commands in a burst of terminal input (escape sequences first, then single keys; others ignored).
+    `keys`/`escapes`: the command's key map (default: recording's)."""
+    keys = KEYS if keys is None else keys
+    escapes = ESCAPES if escapes is None else escapes
     out = []
     i = 0
     while i < len(data):
-        for seq, command in ESCAPES.items():
+        for seq, command in escapes.items():
             if data.startswith(seq, i):
                 out.append(command)
                 i += len(seq)
@@ -65,7 +74,7 @@ def parse_keys(data: bytes) -> list[str]:
             if data[i : i + 1] == b"\x1b" and data[i + 1 : i + 2] in (b"[", b"O"):
                 i += 3  # an escape sequence we do not use (up/down arrows, …): skip it whole
                 continue
-            command = KEYS.get(data[i : i + 1].lower())
+            command = keys.get(data[i : i + 1].lower())
             if command is not None:
                 out.append(command)
             i += 1
@@ -73,10 +82,21 @@ def parse_keys(data: bytes) -> list[str]:
 
 
 class Keyboard:
-    """Commands from the terminal's keys, on a background thread; a no-op when stdin is not a TTY."""
+    """Commands from the terminal's keys, on a background thread; a no-op when stdin is not a TTY.
 
-    def __init__(self, stream: IO | None = None) -> None:
+    `keys`/`escapes`: the command's key map (default: recording's). `on_command`: called on the reader
+    thread with each command as it is typed (for commands that must act at once, like an e-stop);
+    without it, commands wait in a queue for `poll`."""
+
+    def __init__(
+        self,
+        stream: IO | None = None,
+        keys: dict[bytes, str] | None = None,
+        escapes: dict[bytes, str] | None = None,
+        on_command: Callable[[str], None] | None = None,
+    ) -> None:
         self.stream = sys.stdin if stream is None else stream
+        self.keys, self.escapes, self.on_command = keys, escapes, on_command
         self.commands: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.active = False
         self._saved = None
@@ -97,7 +117,7 @@ class Keyboard:
         self._saved = termios.tcgetattr(fd)
         tty.setcbreak(fd)  # keys arrive one by one, unechoed; Ctrl-C still raises SIGINT
         self.active = True
-        self._thread = threading.Thread(target=self._run, name="record-keys", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="terminal-keys", daemon=True)
         self._thread.start()
         return self
 
@@ -128,8 +148,11 @@ class Keyboard:
                 return
             if not data:
                 return  # end of input (the terminal went away)
-            for command in parse_keys(data):
-                self.commands.put(command)
+            for command in parse_keys(data, self.keys, self.escapes):
+                if self.on_command is not None:
+                    self.on_command(command)
+                else:
+                    self.commands.put(command)
 
     def poll(self) -> list[str]:
         """Commands typed since the last poll (never blocks)."""
