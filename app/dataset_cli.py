@@ -27,6 +27,8 @@ SUBCOMMANDS = {
     "view": "show one episode (cameras, joints, actions) in Rerun",
     "export-lerobot": "write a store as a LeRobotDataset v3 (through lerobot itself, in its own environment)",
     "import-lerobot": "read a LeRobotDataset v3 into a new store (through lerobot itself)",
+    "push": "upload a store to the Hugging Face Hub as a dataset repo (the Zarr store itself)",
+    "pull": "download a store from the Hugging Face Hub and validate it",
 }
 
 
@@ -51,6 +53,10 @@ def add_arguments(p) -> None:
         s.add_argument(
             "--dataset", dest="dataset", default=None, help="a store path or a NAME under recording.root"
         )
+        if name in ("push", "pull"):
+            s.add_argument("--repo-id", required=True, help="USER/NAME of the dataset repo on the Hub")
+            if name == "push":
+                s.add_argument("--private", action="store_true", help="create the repo private")
         # the earlier positional spelling, kept for one release with a deprecation line
         s.add_argument("path", nargs="?", default=None, help=argparse.SUPPRESS)
         if name == "info":
@@ -100,6 +106,16 @@ def run(args, config: AppConfig) -> int:
             args, config
         )
     path = dataset_path(_named_dataset(args), config)
+    if args.sub in ("push", "pull"):
+        from app import hub
+
+        if args.sub == "push":
+            url = hub.push_dataset(path, args.repo_id, private=args.private)
+            print(f"pushed {path} to {url}")
+        else:
+            hub.pull_dataset(args.repo_id, path)
+            print(f"pulled {args.repo_id} into {path} (validated)")
+        return 0
     try:
         return {"info": _info, "validate": _validate, "repair": _repair, "stats": _stats, "view": _view}[
             args.sub

@@ -19,9 +19,20 @@ from pathlib import Path
 from app.config import ROBOT_TYPES
 from app.errors import CliError
 
+_HUB = "Only this command reaches the Hub, for the repo you name; credentials: `hf auth login` or HF_TOKEN."
+
 
 def add_arguments(p) -> None:
-    sub = p.add_subparsers(dest="sub", metavar="{info}", required=True)
+    sub = p.add_subparsers(dest="sub", metavar="{info,push,pull}", required=True)
+    push = sub.add_parser(
+        "push", help="upload a checkpoint and its model card to the Hugging Face Hub", description=_HUB
+    )
+    push.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. runs/NAME/last)")
+    push.add_argument("--repo-id", required=True, help="USER/NAME on the Hub (created if it does not exist)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    pull = sub.add_parser("pull", help="download a checkpoint from the Hugging Face Hub", description=_HUB)
+    pull.add_argument("--repo-id", required=True, help="USER/NAME on the Hub")
+    pull.add_argument("--out", required=True, help="the folder to download into")
     info = sub.add_parser(
         "info",
         help="parameter counts by part, mask mode, checkpoint layout check",
@@ -131,6 +142,17 @@ def _human(n: int) -> str:
 
 def run(args, config) -> int:
     import sys
+
+    if args.sub in ("push", "pull"):
+        from app import hub
+
+        if args.sub == "push":
+            url = hub.push_checkpoint(Path(args.checkpoint), args.repo_id, private=args.private)
+            print(f"pushed {args.checkpoint} (with a model card stating its deployment contract) to {url}")
+        else:
+            out = hub.pull_checkpoint(args.repo_id, Path(args.out))
+            print(f"pulled {args.repo_id} into {out}; run it with `xr0 eval --policy {out}`")
+        return 0
 
     given = [m for m in (args.model, args.model_option, args.model_deprecated) if m is not None]
     if len(given) > 1:
