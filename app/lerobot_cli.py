@@ -26,6 +26,13 @@ def add_import_arguments(p) -> None:
     p.add_argument("--src", required=True, help="a LeRobot dataset folder (or its local hub-cache snapshot)")
     p.add_argument("--out", required=True, help="the new Zarr store to write (datasets/NAME.zarr)")
     p.add_argument("--repo-id", default=None, help="the dataset's id, if you know it")
+    p.add_argument(
+        "--drop-features",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="leave out features an xr0 store cannot hold (e.g. next.reward) instead of refusing the import",
+    )
 
 
 def _resolve(config: AppConfig, path: str) -> Path:
@@ -33,8 +40,10 @@ def _resolve(config: AppConfig, path: str) -> Path:
 
 
 def export_lerobot(args, config: AppConfig) -> int:
+    from app.hub import check_repo_id
     from app.lerobot_env import run_bridge
 
+    check_repo_id(args.repo_id)  # LeRobot and the Hub would take nothing else
     dataset, out = _resolve(config, args.dataset), _resolve(config, args.out)
     if not dataset.exists():
         raise CliError(f"--dataset {dataset} does not exist")
@@ -62,6 +71,15 @@ def import_lerobot(args, config: AppConfig) -> int:
     if not out.parent.is_dir():
         raise CliError(f"--out {out}: the folder {out.parent} does not exist")
     cmd = ["import", "--src", str(src), "--out", str(out)]
-    report = run_bridge(cmd + (["--repo-id", args.repo_id] if args.repo_id else []))
+    cmd += ["--repo-id", args.repo_id] if args.repo_id else []
+    cmd += ["--drop-features", *args.drop_features] if args.drop_features else []
+    report = run_bridge(cmd)
     print(f"imported {report['episodes']} episode(s), {report['frames']} frames into {out}")
+    if report.get("restored") or report.get("episode_attributes"):
+        print(
+            f"  restored from an xr0 export: {', '.join(report['restored']) or 'no per-step arrays'}"
+            + ("; episode attributes (success, seed, …)" if report.get("episode_attributes") else "")
+        )
+    if report.get("dropped"):
+        print(f"  left out: {', '.join(report['dropped'])}")
     return 0

@@ -12,7 +12,10 @@ stdout is one JSON report (or {"error": "…"} with one sentence).
 Mapping (ours → LeRobot): observation.state, observation.velocity, observation.effort, action → float32
 vectors with the joint names; observation.images.<cam> → video (AV1 through lerobot's encoder) or PNG
 images; the episode's task string; fps and robot type; our tick deadlines as `timestamp_ns` (int64), so
-the real timing survives next to LeRobot's nominal `frame_index / fps` timestamps.
+the real timing survives next to LeRobot's nominal `frame_index / fps` timestamps; every other per-step
+array of ours (leader command, loop lateness, clamp/reject counters, capture times) as an `xr0.<key>`
+feature, and the episodes' attributes (success, seed, outcome, …) in meta/xr0_episodes.jsonl. `import`
+restores all of it; another dataset's features we cannot hold are refused unless `--drop-features` names them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,16 @@ from recording.schema import StoreError, StoreSpec
 from recording.writer import StoreWriter
 
 log = logging.getLogger("xr0.lerobot_bridge")
+# Our other per-step arrays (leader command, loop counters, capture times) travel as LeRobot features named
+# EXTRA_PREFIX + our key, and the episodes' attributes (success, seed, outcome, …) as EPISODES_FILE in meta/,
+# a file LeRobot leaves alone; `import` restores both.
+EXTRA_PREFIX = "xr0."
+EPISODES_FILE = "xr0_episodes.jsonl"
+# Episode attributes the store computes itself on commit (never carried over).
+STORE_MANAGED = {
+    "status", "index", "fps", "flushed_steps", "length", "duration_s", "loop_rate_hz", "rate_ok",
+    "skipped_ticks", "clamped_ticks", "rejected_ticks", "repeated_frames", "end_time_utc", "start_time_utc",
+}  # fmt: skip
 VECTOR_KEYS = ("observation.state", "observation.velocity", "observation.effort", "action")
 IMAGE_PREFIX = "observation.images."
 # LeRobot features we add ourselves, or that LeRobot manages.
@@ -49,12 +62,41 @@ def _progress(iterable, total: int, desc: str):
 
 
 # -- export -------------------------------------------------------------------------------------------------
+def extra_name(key: str) -> str:
+    """Our key as a LeRobot feature name. LeRobot treats any name containing "observation.images" as an
+    image (its statistics checks fail on a capture-time column), so cameras are spelled "camera." there."""
+    return EXTRA_PREFIX + key.replace(IMAGE_PREFIX, "camera.")
+
+
+def key_of_extra(name: str) -> str:
+    return name[len(EXTRA_PREFIX) :].replace("camera.", IMAGE_PREFIX, 1)
+
+
+def extra_keys(store: EpisodeStore) -> list[str]:
+    """Our per-step arrays beyond LeRobot's own features: everything but the images, the vectors LeRobot
+    names itself and the timestamp (which goes as TIMESTAMP_NS)."""
+    cams = {IMAGE_PREFIX + cam for cam in store.spec.cameras}
+    return [k for k in store.key_specs if k not in cams and k not in VECTOR_KEYS and k != TIMESTAMP_NS]
+
+
+def _extra_feature(spec, names: list[str]) -> dict[str, Any]:
+    shape = tuple(spec.shape) or (1,)
+    floating = np.dtype(spec.dtype).kind == "f"
+    return {
+        "dtype": "float32" if floating else "int64",
+        "shape": shape,
+        "names": names if len(shape) == 1 and shape[0] == len(names) else None,
+    }
+
+
 def lerobot_features(store: EpisodeStore, video: bool) -> dict[str, dict[str, Any]]:
     names = list(store.spec.joint_names)
     feats: dict[str, dict[str, Any]] = {}
     for key in VECTOR_KEYS:
         if key in store.key_specs:
             feats[key] = {"dtype": "float32", "shape": (len(names),), "names": names}
+    for key in extra_keys(store):
+        feats[extra_name(key)] = _extra_feature(store.key_specs[key], names)
     for cam, (h, w, c) in store.spec.cameras.items():
         feats[IMAGE_PREFIX + cam] = {
             "dtype": "video" if video else "image",
@@ -73,10 +115,11 @@ def export(dataset: Path, out: Path, repo_id: str, video: bool) -> dict[str, Any
         raise BridgeError(f"dataset {dataset} has no committed episodes to export")
     if out.exists():
         raise BridgeError(f"--out {out} already exists; choose a new folder (LeRobot creates it)")
+    feats = lerobot_features(store, video)
     ds = LeRobotDataset.create(
         repo_id=repo_id,
         fps=round(store.fps),
-        features=lerobot_features(store, video),
+        features=feats,
         root=out,
         robot_type=store.spec.robot_type,
         use_videos=video,
@@ -86,6 +129,10 @@ def export(dataset: Path, out: Path, repo_id: str, video: bool) -> dict[str, Any
         n = store.length(ep)
         task = store.info(ep).get("task") or "unspecified task"
         vectors = {k: store.get(ep, k).astype(np.float32) for k in VECTOR_KEYS if k in store.key_specs}
+        for key in extra_keys(store):
+            f = feats[extra_name(key)]
+            values = store.get(ep, key).astype(np.float32 if f["dtype"] == "float32" else np.int64)
+            vectors[extra_name(key)] = values.reshape(n, *f["shape"])
         stamps = store.get(ep, "timestamp_ns").astype(np.int64)
         for t in range(n):
             frame: dict[str, Any] = {k: v[t] for k, v in vectors.items()}
@@ -97,6 +144,10 @@ def export(dataset: Path, out: Path, repo_id: str, video: bool) -> dict[str, Any
         ds.save_episode()
         frames += n
     ds.finalize()
+    with open(out / "meta" / EPISODES_FILE, "w") as f:  # success, seed, outcome, …: restored on import
+        for ep in store.episodes:
+            info = {k: v for k, v in store.info(ep).items() if k not in STORE_MANAGED}
+            f.write(json.dumps({"source_episode": ep, **info}, default=_plain) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {
         "episodes": len(store.episodes),
@@ -107,6 +158,11 @@ def export(dataset: Path, out: Path, repo_id: str, video: bool) -> dict[str, Any
         "bytes": size,
         "source_bytes": sum(f.stat().st_size for f in dataset.rglob("*") if f.is_file()),
     }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays in episode attributes, as JSON."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 # -- reading LeRobot datasets ----------------------------------------------------------------------------------
@@ -137,10 +193,11 @@ def _episode_rows(ds, episode: int) -> range:
     return range(int(ep["dataset_from_index"]), int(ep["dataset_to_index"]))
 
 
-def unsupported_features(features: dict[str, dict[str, Any]]) -> list[str]:
+def unsupported_features(features: dict[str, dict[str, Any]], drop: tuple[str, ...] = ()) -> list[str]:
+    """Features an xr0 store cannot hold (each with why), leaving out those the user chose to `drop`."""
     bad = []
     for key, f in features.items():
-        if key in LEROBOT_MANAGED or key == TIMESTAMP_NS:
+        if key in LEROBOT_MANAGED or key == TIMESTAMP_NS or key in drop or key.startswith(EXTRA_PREFIX):
             continue
         if key in VECTOR_KEYS:
             if f["dtype"] not in ("float32", "float64") or len(f["shape"]) != 1:
@@ -154,12 +211,18 @@ def unsupported_features(features: dict[str, dict[str, Any]]) -> list[str]:
     return bad
 
 
-def import_(src: Path, out: Path, repo_id: str | None) -> dict[str, Any]:
+def import_(src: Path, out: Path, repo_id: str | None, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     ds = _open_lerobot(src, repo_id)
-    feats = ds.meta.features
+    missing = [name for name in drop if name not in ds.meta.features]
+    if missing:
+        raise BridgeError(f"--drop-features: {src} has no feature {', '.join(missing)}")
+    feats = {k: v for k, v in ds.meta.features.items() if k not in drop}
     bad = unsupported_features(feats)
     if bad:
-        raise BridgeError(f"{src} has features an xr0 store cannot represent: {'; '.join(bad)}")
+        raise BridgeError(
+            f"{src} has features an xr0 store cannot represent: {'; '.join(bad)} "
+            "(leave them out with --drop-features NAME …)"
+        )
     for key in ("observation.state", "action"):
         if key not in feats:
             raise BridgeError(f"{src} has no {key} feature; an xr0 store needs observation.state and action")
@@ -187,20 +250,47 @@ def import_(src: Path, out: Path, repo_id: str | None) -> dict[str, Any]:
         robot_type=str(ds.meta.robot_type or "unknown"),
         velocity="observation.velocity" in feats,
         effort="observation.effort" in feats,
-        leader=False,
+        leader=extra_name("leader.action") in feats,
         image_codec="png",  # lossless: never add a second lossy step on top of the source's encoding
         extra={"imported_from": str(src)},
     )
+    episode_info = _episode_file(src)
     try:
-        frames = _import_episodes(ds, feats, cameras, spec, out)
+        frames, restored = _import_episodes(ds, feats, cameras, spec, out, episode_info)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # a new store we created: leave nothing half-written behind
         raise
-    return {"episodes": ds.meta.total_episodes, "frames": frames, "out": str(out), "joints": len(joint_names)}
+    return {
+        "episodes": ds.meta.total_episodes,
+        "frames": frames,
+        "out": str(out),
+        "joints": len(joint_names),
+        "restored": sorted(restored),
+        "episode_attributes": bool(episode_info),
+        "dropped": list(drop),
+    }
 
 
-def _import_episodes(ds, feats: dict, cameras: dict, spec: StoreSpec, out: Path) -> int:
+def _episode_file(root: Path) -> list[dict[str, Any]]:
+    """The episodes' attributes an xr0 export wrote (EPISODES_FILE), or none for another dataset."""
+    path = root / "meta" / EPISODES_FILE
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as e:
+        raise BridgeError(
+            f"{path} is not JSON lines ({e}); remove it to import without episode attributes"
+        ) from e
+
+
+def _import_episodes(
+    ds, feats: dict, cameras: dict, spec: StoreSpec, out: Path, episode_info: list[dict[str, Any]]
+) -> tuple[int, set[str]]:
     frames = 0
+    arrays = {a.key: a for a in spec.arrays()}
+    extras = [key_of_extra(k) for k in feats if k.startswith(EXTRA_PREFIX)]
+    restored = {k for k in extras if k in arrays}
     with StoreWriter(out, spec) as writer:
         episodes = list(range(ds.meta.total_episodes))
         for ep in _progress(episodes, len(episodes), "import"):
@@ -215,9 +305,10 @@ def _import_episodes(ds, feats: dict, cameras: dict, spec: StoreSpec, out: Path)
                 stamps = np.asarray(numeric[TIMESTAMP_NS]).reshape(-1).astype(np.int64)
             else:
                 stamps = np.round(np.asarray(numeric["timestamp"], dtype=np.float64) * 1e9).astype(np.int64)
-            episode = writer.begin_episode(
-                {"task": tasks[0] if tasks else "", "source_episode": ep}, capacity=len(rows)
-            )
+            info = episode_info[ep] if ep < len(episode_info) else {}
+            attrs = {"task": tasks[0] if tasks else "", "source_episode": ep}
+            attrs.update({k: v for k, v in info.items() if k not in STORE_MANAGED})
+            episode = writer.begin_episode(attrs, capacity=len(rows))
             for j, row in enumerate(rows):
                 item = ds[row] if cameras else None
                 step: dict[str, Any] = {
@@ -236,10 +327,16 @@ def _import_episodes(ds, feats: dict, cameras: dict, spec: StoreSpec, out: Path)
                     step[IMAGE_PREFIX + cam] = _to_uint8_hwc(item[IMAGE_PREFIX + cam])
                     step[f"{IMAGE_PREFIX}{cam}.t_ns"] = stamps[j]
                     step[f"{IMAGE_PREFIX}{cam}.index"] = j
+                if spec.leader:
+                    step["leader.t_ns"] = stamps[j]
+                for key in restored:  # our own arrays, as exported (capture times, counters, leader)
+                    a = arrays[key]
+                    value = np.asarray(numeric[extra_name(key)][j]).astype(a.dtype)
+                    step[key] = value.reshape(a.shape)
                 episode.append(step)
-            episode.commit({"success": None})
+            episode.commit({"success": info.get("success")})
             frames += len(rows)
-    return frames
+    return frames, restored
 
 
 # -- verify ------------------------------------------------------------------------------------------------------
@@ -305,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--src", type=Path, required=True)
     i.add_argument("--out", type=Path, required=True)
     i.add_argument("--repo-id", default=None)
+    i.add_argument("--drop-features", nargs="+", default=[])
     v = sub.add_parser("verify")
     v.add_argument("--dataset", type=Path, required=True)
     v.add_argument("--lerobot", type=Path, required=True)
@@ -313,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "export":
             report = export(args.dataset, args.out, args.repo_id, video=not args.images)
         elif args.cmd == "import":
-            report = import_(args.src, args.out, args.repo_id)
+            report = import_(args.src, args.out, args.repo_id, tuple(args.drop_features))
         else:
             report = verify(args.dataset, args.lerobot)
     except (BridgeError, StoreError) as err:

@@ -76,6 +76,16 @@ def test_export_load_with_lerobot_and_import_back(recorded, capsys):
             - a.get(ep, "observation.images.cam_high").astype(int)
         )
         assert diff.mean() < 3.0
+        # what a plain LeRobot round trip loses comes back: the leader's command, the loop's counters,
+        # capture times, and the episode's success flag, seed and outcome
+        np.testing.assert_array_equal(
+            b.get(ep, "leader.action"), a.get(ep, "leader.action").astype(np.float32).astype(np.float64)
+        )
+        for key in ("lateness_ns", "action.clamped", "action.rejected", "observation.images.cam_high.t_ns"):
+            np.testing.assert_array_equal(b.get(ep, key), a.get(ep, key))
+        for attr in ("success", "seed", "outcome", "object_start"):
+            assert b.info(ep)[attr] == a.info(ep)[attr], attr
+        assert b.info(ep)["success"] is not None
 
 
 def test_bad_paths_and_unrepresentable_features_are_one_sentence(recorded, tmp_path, capsys):
@@ -100,3 +110,6 @@ def test_bad_paths_and_unrepresentable_features_are_one_sentence(recorded, tmp_p
         == 1
     )
     assert "is not a LeRobot dataset (no meta/info.json)" in capsys.readouterr().err
+    argv = ["--config", str(cfg), "--dataset", str(src), "--out", str(tmp_path / "o"), "--repo-id", "lab/a b"]
+    assert lerobot_cli("export", *argv) == 1
+    assert "--repo-id 'lab/a b': the Hub would reject it" in capsys.readouterr().err

@@ -19,3 +19,8 @@ def test_features_we_cannot_represent_are_named():
         "observation.environment_state (float32 (7,))",
     ]
     assert unsupported_features({k: feats[k] for k in ("observation.state", "action", "timestamp")}) == []
+    # what the user chose to leave out, and our own extra features, are not in the way
+    assert (
+        unsupported_features(feats, drop=("observation.images.depth", "observation.environment_state")) == []
+    )
+    assert unsupported_features({"xr0.leader.action": {"dtype": "float32", "shape": (14,)}}) == []
