@@ -299,7 +299,7 @@ def _stats(args, config: AppConfig, path: Path) -> int:
 
 
 def log_episode(path: Path, episode: int | None, sink, viz) -> tuple[int, int]:
-    """Log one episode to a Rerun sink: cameras, measured/commanded/leader joints, on its recorded times."""
+    """Log one episode to a Rerun sink: cameras, measured/sent/leader joints, on its recorded times."""
     import rerun as rr
 
     from drivers.joints import ARM_JOINTS, SIDES, side_slice
@@ -312,7 +312,7 @@ def log_episode(path: Path, episode: int | None, sink, viz) -> tuple[int, int]:
     n = store.length(episode)
     rec = rr.RecordingStream("xr0-dataset", recording_id=f"{path.stem}-{episode}")
     has_chunks = "policy.new_chunk" in store.key_specs
-    bp = blueprint([k.rsplit(".", 1)[-1] for k in store.image_keys], with_chunks=has_chunks)
+    bp = blueprint([k.rsplit(".", 1)[-1] for k in store.image_keys], with_chunks=has_chunks, timeline="step")
     if sink.kind == "file":
         sink.path.parent.mkdir(parents=True, exist_ok=True)
         rec.save(str(sink.path), default_blueprint=bp)
@@ -324,7 +324,7 @@ def log_episode(path: Path, episode: int | None, sink, viz) -> tuple[int, int]:
     info = store.info(episode)
     rec.log("episode", rr.TextDocument(json.dumps(info, indent=2), media_type="text/markdown"), static=True)
     names = [*ARM_JOINTS, "gripper"]
-    series = {"observation.state": "measured", "action": "commanded", "leader.action": "leader"}
+    series = {"observation.state": "measured", "action": "sent", "leader.action": "leader"}
     series = {k: v for k, v in series.items() if k in store.key_specs}
     for side in SIDES:
         for label in series.values():
@@ -353,27 +353,19 @@ def log_episode(path: Path, episode: int | None, sink, viz) -> tuple[int, int]:
 
 
 def _log_chunks(rec, store, episode: int) -> None:
-    """A rollout episode's predicted chunks, each on the steps it covers, and the committed actions."""
-    import rerun as rr
-
-    from app.viz import CHUNK_SLOTS
+    """A rollout episode's predicted chunks, each on the steps it covers, and the actions sent (the same
+    entities as the live view, app/viz.py)."""
+    from app.viz import CHUNK_SLOTS, send_chunk
 
     ticks = store.get(episode, "tick")
     ids = store.get(episode, "policy.new_chunk_id")
     starts = store.get(episode, "policy.new_chunk_start")
-    rec.send_columns(
-        "chunks/committed",
-        indexes=[rr.TimeColumn("step", sequence=np.arange(len(ticks)))],
-        columns=rr.Scalars.columns(scalars=store.get(episode, "action")),
-    )
+    sent = store.get(episode, "action")
+    send_chunk(rec, "step", 0, sent, "sent")
     for t in np.flatnonzero(ids >= 0):
         chunk = store.get(episode, "policy.new_chunk", int(t))  # (T, 14)
         first = int(starts[t] - ticks[0])  # the episode step its row 0 belongs to
-        rec.send_columns(
-            f"chunks/predicted/slot{int(ids[t]) % CHUNK_SLOTS}",
-            indexes=[rr.TimeColumn("step", sequence=np.arange(first, first + len(chunk)))],
-            columns=rr.Scalars.columns(scalars=chunk),
-        )
+        send_chunk(rec, "step", first, chunk, f"predicted/slot{int(ids[t]) % CHUNK_SLOTS}")
 
 
 def _view(args, config: AppConfig, path: Path) -> int:

@@ -24,11 +24,12 @@ class ChunkRecord:
     chunk_id: int
     request_tick: int  # ks: the tick whose observation the policy saw; row 0 belongs to it
     arrival_tick: int  # ka: the tick it arrived by
-    outcome: str  # on_time | late | late_discarded | expired (see app/schedule.py)
+    outcome: str  # on_time | late | late_discarded | expired (app/schedule.py) | rejected | error
     switch_index: int | None  # the row that took over at ka (None: not executed)
     prefix_length: int  # P rows that were committed before the request
     actions: np.ndarray | None  # (T, 14) absolute targets, prefix rows enforced; None if not spliced
     inference_ms: float  # the policy's answer time (wall clock, or modelled in lockstep)
+    problem: str | None = None  # why the chunk was not used (outcome "rejected" or "error"); None if used
 
     # The names the Rerun view reads (app/viz.py `on_chunk`).
     @property

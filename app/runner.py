@@ -379,6 +379,20 @@ class PolicyRunner:
                 st.rejected_chunks += 1
             self.scheduler.fail(req)
             self._log_problem(f"chunk {req.id} not used: {problem}")
+            actions = None if done.error else np.asarray(done.chunk.actions, dtype=np.float64)
+            self.publisher.chunk(  # for the viewers: what was refused, and why (the arms never saw it)
+                ChunkRecord(
+                    chunk_id=req.id,
+                    request_tick=req.tick,
+                    arrival_tick=k,
+                    outcome="error" if done.error else "rejected",
+                    switch_index=None,
+                    prefix_length=len(req.prefix),
+                    actions=actions if actions is not None and actions.ndim == 2 else None,
+                    inference_ms=done.inference_ms,
+                    problem=problem,
+                )
+            )
             return None
         switch = self.scheduler.receive(req, done.chunk.actions, k)
         self.switches.append(switch)

@@ -5,15 +5,20 @@ once); a worker thread compresses images to JPEG and logs. A full queue drops th
 and counts it — the recorder's data is never affected. Two timelines: `tick` (control ticks) and `time`
 (seconds since the session started, from the capture/deadline times of the app's one clock).
 
-Entities (what the blueprint lays out):
-    cameras/<name>                  JPEG images, with history (bounded by the viewer's memory limit)
-    arms/<side>/measured|commanded  7 series each: 6 joints (rad) + gripper (0..1)
-    chunks/predicted/slot<k>        each predicted chunk on the future ticks it covers (4 rotating slots)
-    chunks/committed                the 14 actions actually sent, per tick
-    chunks/prefix_len|delay_ticks|latency_ms   per chunk, at the tick its observation was taken
+Entities (what the blueprint lays out; the blueprint opens on the `tick` timeline):
+    cameras/<name>                          JPEG images, with history (bounded by the viewer's memory limit)
+    arms/<side>/measured|sent               7 series each: 6 joints (rad) + gripper (0..1); "sent" is what
+                                            reached the followers, after the safety layer
+    chunks/<side>/<joint>/predicted/slot<k> each predicted chunk on the future ticks it covers (4 slots)
+    chunks/<side>/<joint>/planned           what the plan asked for at each tick, before the safety layer
+    chunks/<side>/<joint>/sent              what was sent at each tick, after it
+    chunks/<side>/<joint>/rejected          a refused chunk's values (points), with its reason in `events`
+    chunk_timing/latency_ms                 per chunk, at the tick its observation was taken (own axis)
+    chunk_timing/ticks/delay|prefix_len     per chunk, in ticks
     loop/lateness_ms, loop/<section>_ms, loop/queue/<name>, counters/<name>
-    tasks/per_minute, tasks/rolling_per_min, tasks/success   throughput and success markers
-    events                          text log: episode starts/ends, successes, errors
+    tasks/per_minute                        tasks completed in each minute of control time, every minute (0 too)
+    tasks/rolling_per_min, tasks/success    the rolling rate and a marker at each success
+    events                                  text log: episodes, successes, refused chunks with the reason, errors
 """
 
 from __future__ import annotations
@@ -122,32 +127,66 @@ def open_sink(rerun: str, name: str) -> tuple[Sink, str | None]:
         raise CliError(str(e)) from e
 
 
-def blueprint(cameras: list[str], with_chunks: bool):
-    """The operator's layout: cameras on top, per-arm joints, then chunks, loop metrics and throughput."""
+def blueprint(cameras: list[str], with_chunks: bool, timeline: str = "tick"):
+    """The operator's layout: cameras on top, per-arm joints, then (with a policy) the chunks of one joint
+    at a time per arm, chunk timing on its own axes, loop metrics and throughput; opened on `timeline`."""
     import rerun.blueprint as rrb
 
     cams = [rrb.Spatial2DView(origin=f"cameras/{c}", name=c) for c in cameras] or [
         rrb.TextDocumentView(origin="cameras", name="no cameras")
     ]
-    arms = [rrb.TimeSeriesView(origin=f"arms/{s}", name=f"{s} arm: measured vs commanded") for s in SIDES]
-    bottom = [
-        rrb.TimeSeriesView(origin="loop", name="loop timing"),
-        rrb.TimeSeriesView(origin="tasks", name="throughput"),
-    ]
+    arms = [rrb.TimeSeriesView(origin=f"arms/{s}", name=f"{s} arm: measured vs sent") for s in SIDES]
+    rows = [rrb.Horizontal(*cams), rrb.Horizontal(*arms)]
+    shares = [3, 2]
     if with_chunks:
-        bottom.insert(0, rrb.TimeSeriesView(origin="chunks", name="predicted vs committed chunks"))
-    return rrb.Blueprint(
-        rrb.Vertical(
-            rrb.Horizontal(*cams),
-            rrb.Horizontal(*arms),
-            rrb.Horizontal(*bottom),
+        per_arm = [
+            rrb.Tabs(
+                *[
+                    rrb.TimeSeriesView(origin=f"chunks/{s}/{j}", name=f"{s} {j}: predicted, planned, sent")
+                    for j in SERIES
+                ],
+                name=f"{s} arm chunks",
+            )
+            for s in SIDES
+        ]
+        rows.append(rrb.Horizontal(*per_arm))
+        rows.append(
             rrb.Horizontal(
-                rrb.TimeSeriesView(origin="counters", name="counters"), rrb.TextLogView(origin="events")
-            ),
-            row_shares=[3, 2, 2, 1],
-        ),
+                rrb.TimeSeriesView(origin="chunk_timing/latency_ms", name="inference latency (ms)"),
+                rrb.TimeSeriesView(origin="chunk_timing/ticks", name="delay and prefix (ticks)"),
+            )
+        )
+        shares += [3, 1]
+    rows.append(
+        rrb.Horizontal(
+            rrb.TimeSeriesView(origin="loop", name="loop timing"),
+            rrb.TimeSeriesView(origin="tasks", name="throughput"),
+            rrb.TimeSeriesView(origin="counters", name="counters"),
+            rrb.TextLogView(origin="events"),
+        )
+    )
+    shares.append(2)
+    return rrb.Blueprint(
+        rrb.Vertical(*rows, row_shares=shares),
+        rrb.TimePanel(timeline=timeline),
         collapse_panels=True,
     )
+
+
+def send_chunk(rec, timeline: str, start: int, actions, where: str) -> None:
+    """A (T, 14) chunk onto `chunks/<side>/<joint>/<where>`, row k on `start + k` of `timeline`."""
+    import rerun as rr
+
+    actions = np.asarray(actions, dtype=np.float64)
+    index = [rr.TimeColumn(timeline, sequence=np.arange(start, start + len(actions)))]
+    for side in SIDES:
+        part = actions[:, side_slice(side)]
+        for j, joint in enumerate(SERIES):
+            rec.send_columns(
+                f"chunks/{side}/{joint}/{where}",
+                indexes=index,
+                columns=rr.Scalars.columns(scalars=part[:, j]),
+            )
 
 
 class Throughput:
@@ -197,6 +236,10 @@ class RerunLogger:
         self._t0_ns: int | None = None
         self._tick = 0
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        self.with_chunks = with_chunks
+        self._minutes_logged = 0
+        self._t_last_s: float | None = None
+        self._counts: dict[str, int] = {}
         self.rec = rr.RecordingStream(app_id)
         bp = blueprint(cameras or [], with_chunks)
         if sink.kind == "file":
@@ -213,21 +256,19 @@ class RerunLogger:
         self._worker.start()
 
     def _log_static(self) -> None:
-        rr = self.rr
+        rr, rec = self.rr, self.rec
         for side in SIDES:
-            for kind in ("measured", "commanded"):
+            for kind in ("measured", "sent"):
                 names = [f"{n} ({kind})" for n in SERIES]
-                self.rec.log(f"arms/{side}/{kind}", rr.SeriesLines(names=names), static=True)
-        joint_names = [f"{s}_{n}" for s in SIDES for n in SERIES]
-        self.rec.log(
-            "chunks/committed",
-            rr.SeriesLines(names=[f"{n} (committed)" for n in joint_names], widths=2.5),
-            static=True,
-        )
-        for k in range(CHUNK_SLOTS):
-            names = [f"{n} (chunk slot {k})" for n in joint_names]
-            self.rec.log(f"chunks/predicted/slot{k}", rr.SeriesLines(names=names, widths=1.0), static=True)
-        self.rec.log("tasks/success", rr.SeriesPoints(marker_sizes=8.0, names="success"), static=True)
+                rec.log(f"arms/{side}/{kind}", rr.SeriesLines(names=names), static=True)
+            for j in SERIES:
+                base = f"chunks/{side}/{j}"
+                for k in range(CHUNK_SLOTS):
+                    rec.log(f"{base}/predicted/slot{k}", rr.SeriesLines(names=f"predicted (slot {k})", widths=1.0), static=True)  # fmt: skip
+                rec.log(f"{base}/planned", rr.SeriesLines(names="planned", widths=2.0), static=True)
+                rec.log(f"{base}/sent", rr.SeriesLines(names="sent", widths=2.5), static=True)
+                rec.log(f"{base}/rejected", rr.SeriesPoints(names="rejected", marker_sizes=3.0), static=True)
+        rec.log("tasks/success", rr.SeriesPoints(marker_sizes=8.0, names="success"), static=True)
 
     # -- subscriber API (called on the control thread: never blocks) --------------------------------------
     def _put(self, item: object) -> None:
@@ -250,6 +291,8 @@ class RerunLogger:
     def close(self) -> None:
         self._queue.put(_STOP)
         self._worker.join(timeout=60)
+        if self.error is None and self._t_last_s is not None:
+            self._log_minutes(self._t_last_s, final=True)  # the last, partial minute
         self.rec.flush()
         if self.sink.kind == "file":
             self.rec.disconnect()
@@ -293,11 +336,17 @@ class RerunLogger:
         self._set_time(e.tick, e.deadline_ns)
         for name, image in e.observation.images.items():
             rec.log(f"cameras/{name}", rr.Image(image).compress(jpeg_quality=self.config.jpeg_quality))
+        planned = getattr(e, "planned", None)
         for side in SIDES:
             sl = side_slice(side)
             rec.log(f"arms/{side}/measured", rr.Scalars(e.observation.state[sl]))
-            rec.log(f"arms/{side}/commanded", rr.Scalars(e.action[sl]))
-        rec.log("chunks/committed", rr.Scalars(e.action))
+            rec.log(f"arms/{side}/sent", rr.Scalars(e.action[sl]))
+            if self.with_chunks:
+                for j, (sent, plan) in enumerate(zip(e.action[sl], planned[sl] if planned is not None else [None] * len(SERIES), strict=True)):  # fmt: skip
+                    rec.log(f"chunks/{side}/{SERIES[j]}/sent", rr.Scalars(sent))
+                    if plan is not None:
+                        rec.log(f"chunks/{side}/{SERIES[j]}/planned", rr.Scalars(plan))
+        self._log_minutes(self._seconds(e.deadline_ns))
         rec.log("loop/lateness_ms", rr.Scalars(e.lateness_ns / 1e6))
         for section, ms in e.timings_ms.items():
             rec.log(f"loop/{section}_ms", rr.Scalars(ms))
@@ -324,25 +373,37 @@ class RerunLogger:
         level = "ERROR" if e.info.get("error") else ("WARN" if e.success is False else "INFO")
         self.rec.log("events", rr.TextLog(text, level=level))
         if e.kind == "end" and e.success:
-            minute, in_bucket, rolling = self.throughput.add(t_s)
+            _, _, rolling = self.throughput.add(t_s)
             self.rec.log("tasks/success", rr.Scalars(1.0))
-            self.rec.log("tasks/per_minute", rr.Scalars(in_bucket))
             self.rec.log("tasks/rolling_per_min", rr.Scalars(rolling))
 
+    def _log_minutes(self, t_s: float, final: bool = False) -> None:
+        """At each full minute of control time (and for the last, partial one at the end), that minute's
+        tasks — zero included, so a run without successes reads as one."""
+        self._t_last_s = t_s
+        while t_s >= 60.0 * (self._minutes_logged + 1) or (final and t_s > 60.0 * self._minutes_logged):
+            m = self._minutes_logged
+            done = sum(1 for s in self.throughput.successes if int(s // 60) == m)
+            self.rec.log("tasks/per_minute", self.rr.Scalars(done))
+            self._minutes_logged += 1
+
     def _log_chunk(self, c) -> None:
-        rr = self.rr
+        rr, rec = self.rr, self.rec
+        problem = getattr(c, "problem", None)
         if c.actions is not None:  # a chunk that was not spliced in (discarded, expired) has no actions
-            actions = np.asarray(c.actions, dtype=np.float64)  # (T, 14)
-            ticks = np.arange(c.tick_start, c.tick_start + len(actions))
-            self.rec.send_columns(
-                f"chunks/predicted/slot{c.chunk_id % CHUNK_SLOTS}",
-                indexes=[rr.TimeColumn("tick", sequence=ticks)],
-                columns=rr.Scalars.columns(scalars=actions),
-            )
-        self.rec.set_time("tick", sequence=c.tick_start)
-        self.rec.log("chunks/prefix_len", rr.Scalars(c.prefix_len))
-        self.rec.log("chunks/delay_ticks", rr.Scalars(c.delay_ticks))
-        self.rec.log("chunks/latency_ms", rr.Scalars(c.latency_ms))
+            where = "rejected" if problem else f"predicted/slot{c.chunk_id % CHUNK_SLOTS}"
+            send_chunk(rec, "tick", c.tick_start, c.actions, where)
+        rec.set_time("tick", sequence=c.tick_start)
+        if problem:
+            rec.log("events", rr.TextLog(f"chunk {c.chunk_id} {c.outcome}: {problem}", level="WARN"))
+            rec.log("counters/rejected_chunks", rr.Scalars(self._count("rejected")))
+        rec.log("chunk_timing/ticks/prefix_len", rr.Scalars(c.prefix_len))
+        rec.log("chunk_timing/ticks/delay", rr.Scalars(c.delay_ticks))
+        rec.log("chunk_timing/latency_ms", rr.Scalars(c.latency_ms))
+
+    def _count(self, name: str) -> int:
+        self._counts[name] = self._counts.get(name, 0) + 1
+        return self._counts[name]
 
 
 def latency_histogram(ax, latencies_ms: list[float]) -> None:

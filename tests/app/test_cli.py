@@ -103,7 +103,7 @@ def test_teleop_in_sim_succeeds_and_writes_a_readable_rrd(small_config, tmp_path
     assert rows["/cameras/cam_high"] == ticks
     assert rows["/cameras/cam_left_wrist"] == ticks
     assert "/cameras/cam_right_wrist" not in rows  # only configured cameras are rendered
-    assert rows["/arms/left/measured"] == ticks and rows["/arms/right/commanded"] == ticks
+    assert rows["/arms/left/measured"] == ticks and rows["/arms/right/sent"] == ticks
 
 
 @pytest.mark.slow

@@ -42,5 +42,6 @@ def test_dataset_view_draws_the_stored_chunks(rollout_store):
     rrd = tmp / "view.rrd"
     assert main(["dataset", "view", "--dataset", str(path), "--config", str(cfg), "--rerun", str(rrd)]) == 0
     entities = {str(c.entity_path) for c in RrdReader(rrd).stream().to_chunks() if not c.is_static}
-    assert "/chunks/committed" in entities and any(e.startswith("/chunks/predicted/slot") for e in entities)
+    assert "/chunks/left/waist/sent" in entities
+    assert any(e.startswith("/chunks/right/gripper/predicted/slot") for e in entities)
     assert len(RrdReader(rrd).blueprints()) == 1

@@ -12,7 +12,7 @@ from app.compose import build_sim_rig
 from app.config import VizConfig, load_config
 from app.events import Publisher
 from app.teleop import TeleopSession
-from app.viz import RerunLogger, Sink, VizError, resolve_sink, summary_png
+from app.viz import SERIES, RerunLogger, Sink, VizError, resolve_sink, summary_png
 
 
 def columns(rrd: Path) -> dict[str, list]:
@@ -70,22 +70,37 @@ def teleop_rrd(tmp_path_factory):
         delay_ticks=2,
         latency_ms=81.5,
     )
+    rejected = SimpleNamespace(
+        chunk_id=9,
+        tick_start=80,
+        actions=np.full((30, 14), 9.0),
+        prefix_len=0,
+        delay_ticks=3,
+        latency_ms=90.0,
+        outcome="rejected",
+        problem="beyond the limits (a test chunk)",
+    )
     publisher = Publisher([capture, viz])
     report = TeleopSession(rig, 30.0, publisher).run(2, 10.0)
     publisher.chunk(chunk)
+    publisher.chunk(rejected)
     publisher.close()
     rig.close()
     return rrd, report, capture, chunk
 
 
-def test_cameras_joints_and_committed_actions_are_logged_per_tick(teleop_rrd):
+JOINTS = [(side, joint) for side in ("left", "right") for joint in SERIES]  # the 14-vector's order
+
+
+def test_cameras_joints_and_sent_actions_are_logged_per_tick(teleop_rrd):
     rrd, report, capture, _ = teleop_rrd
     cols = columns(rrd)
     assert sum(len(b["tick"]) for b in cols["/cameras/cam_high"]) == report.ticks == 600
-    committed = scalars(rrd, "/chunks/committed")
-    np.testing.assert_allclose(committed, np.array(capture.actions), rtol=0, atol=1e-12)  # what was sent
-    left = scalars(rrd, "/arms/left/commanded")
-    np.testing.assert_allclose(left, np.array(capture.actions)[:, :7])
+    sent = np.array(capture.actions)
+    for k, (side, joint) in enumerate(JOINTS):  # one joint per view: what was sent, after the safety layer
+        got = scalars(rrd, f"/chunks/{side}/{joint}/sent").ravel()
+        np.testing.assert_allclose(got, sent[:, k], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scalars(rrd, "/arms/left/sent"), sent[:, :7])
 
 
 def test_throughput_series_matches_the_success_events(teleop_rrd):
@@ -93,21 +108,62 @@ def test_throughput_series_matches_the_success_events(teleop_rrd):
     successes = sum(1 for e in report.episodes if e.success)
     assert successes == 2
     assert len(scalars(rrd, "/tasks/success")) == successes
-    assert scalars(rrd, "/tasks/per_minute").ravel().tolist() == [1.0, 2.0]  # both within the first minute
+    assert scalars(rrd, "/tasks/per_minute").ravel().tolist() == [2.0]  # 20 s: one (partial) minute
 
 
-def test_a_predicted_chunk_lands_on_the_ticks_it_covers(teleop_rrd):
+def test_a_predicted_chunk_lands_on_the_ticks_it_covers_one_joint_per_view(teleop_rrd):
     rrd, _, _, chunk = teleop_rrd
-    batch = columns(rrd)[f"/chunks/predicted/slot{chunk.chunk_id % 4}"][0]
-    assert batch["tick"] == list(range(40, 70))
-    key = next(k for k in batch if k.endswith("Scalars:scalars"))
-    np.testing.assert_allclose(np.array(batch[key]), chunk.actions)
-    assert scalars(rrd, "/chunks/latency_ms").ravel().tolist() == [81.5]
+    for k in (0, 6, 13):  # left waist, left gripper, right gripper
+        side, joint = JOINTS[k]
+        batch = columns(rrd)[f"/chunks/{side}/{joint}/predicted/slot{chunk.chunk_id % 4}"][0]
+        assert batch["tick"] == list(range(40, 70))
+        key = next(k for k in batch if k.endswith("Scalars:scalars"))
+        np.testing.assert_allclose(np.array(batch[key]).ravel(), chunk.actions[:, k])
+    assert scalars(rrd, "/chunk_timing/latency_ms").ravel().tolist() == [81.5, 90.0]  # its own axis
+    assert scalars(rrd, "/chunk_timing/ticks/delay").ravel().tolist() == [2.0, 3.0]
 
 
-def test_the_blueprint_is_in_the_file(teleop_rrd):
+def test_a_rejected_chunk_is_drawn_apart_with_its_reason(teleop_rrd):
     rrd, *_ = teleop_rrd
-    assert len(RrdReader(rrd).blueprints()) == 1
+    batch = columns(rrd)["/chunks/left/waist/rejected"][0]
+    assert batch["tick"] == list(range(80, 110))
+    texts = [
+        str(t) for b in columns(rrd)["/events"] for k, v in b.items() if k.endswith("TextLog:text") for t in v
+    ]
+    assert any("chunk 9 rejected: beyond the limits" in t for t in texts)
+
+
+def test_the_blueprint_lays_out_the_documented_views_on_the_tick_timeline(teleop_rrd):
+    rrd, *_ = teleop_rrd
+    reader = RrdReader(rrd)
+    (bp,) = reader.blueprints()
+    origins, timelines = set(), set()
+    for chunk in reader.stream(store=bp).to_chunks():
+        rb = chunk.to_record_batch()
+        for name, found in (
+            ("ViewBlueprint:space_origin", origins),
+            ("TimePanelBlueprint:timeline", timelines),
+        ):
+            if name in rb.schema.names:
+                found.update(str(x) for v in rb.column(name).to_pylist() if v is not None for x in v)
+    expected = {"cameras/cam_high", "arms/left", "arms/right", "chunks/left/waist", "chunks/right/gripper",
+                "chunk_timing/latency_ms", "chunk_timing/ticks", "loop", "tasks", "counters", "events"}  # fmt: skip
+    assert expected <= origins, expected - origins
+    assert timelines == {"tick"}
+
+
+def test_every_series_docs_name_is_in_the_recording(teleop_rrd):
+    """docs/runner.md lists the view's entities; a teleop with a policy chunk must have each of them."""
+    import re
+
+    rrd, *_ = teleop_rrd
+    text = (Path(__file__).resolve().parents[2] / "docs" / "runner.md").read_text()
+    section = text.split("## The Rerun view", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`((?:arms|chunks|chunk_timing|tasks|loop|cameras)/[^`<>]+)`", section))
+    assert named, "docs/runner.md lists no entities"
+    logged = {str(c.entity_path).lstrip("/") for c in RrdReader(rrd).stream().to_chunks() if not c.is_static}
+    missing = [n for n in named if not any(p == n or p.startswith(n + "/") for p in logged)]
+    assert not missing, f"entities in docs/runner.md but not in the recording: {missing}"
 
 
 def test_a_slow_sink_never_changes_loop_timing(tmp_path):
