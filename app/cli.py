@@ -21,6 +21,11 @@ from app.errors import CliError
 from app.threads import configure_command
 from drivers.errors import DeviceError
 
+# Exit codes, one convention for every command (README "Exit codes"): 0 done; 1 the work failed (a device,
+# a dataset, a policy: one sentence says which); 2 the command line or config is wrong (argparse's own
+# code for usage errors); 130 interrupted (Ctrl-C).
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
 # name -> (help, module implementing it)
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("check packages, rendering, USB/serial, cameras, GPU and disk", "app.doctor"),
@@ -129,12 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.robot)
         configure_command(args.command, args, config)  # torch threads, by one rule (app/threads.py)
         return args.func(args, config)
-    except (CliError, ConfigError, DeviceError) as e:
+    except ConfigError as e:  # the config (or --robot) is wrong: a usage error, as argparse's are
         print(f"{name}: error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
+    except (CliError, DeviceError) as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"\n{name}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

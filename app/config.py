@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from app.configload import ConfigError, build, did_you_mean
+from app.configload import ConfigError, build, did_you_mean, load_yaml
 from app.runner import PolicyConfig  # defined beside the runner it configures
 from app.threads import RuntimeConfig  # defined beside the thread rule it configures
 from drivers.arm import ArmConfig
@@ -129,7 +129,7 @@ def load_config(path: str | Path | None = None, robot: str | None = None) -> App
             f"config file {file} does not exist (pass --config PATH or create it from config.yaml)"
         )
     try:
-        data: Any = yaml.safe_load(file.read_text()) or {}
+        data: Any = load_yaml(file.read_text(), str(file)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{file}: not valid YAML: {e}") from e
     if not isinstance(data, dict):

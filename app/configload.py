@@ -110,6 +110,27 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     raise TypeError(f"config field {where} has a type the loader does not understand: {_type_name(tp)}")
 
 
+def load_yaml(text: str, source: str) -> Any:
+    """YAML text → data, refusing duplicate keys with both line numbers."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{source}: key {key!r} is given twice (lines {seen[key]} and {line})")
+            seen[key] = line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def build(cls: type[T], data: Any, where: str = "") -> T:
     """Construct dataclass `cls` from a mapping; `where` is the key path used in messages."""
     label = where or "the config"
@@ -132,7 +153,27 @@ def build(cls: type[T], data: Any, where: str = "") -> T:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}" if where else str(e)) from e
+        raise ConfigError(_dotted(str(e), where, fields)) from e
+
+
+def _dotted(message: str, where: str, fields: typing.Iterable[str]) -> str:
+    """A dataclass's own validation message with the full dotted key path in front. Messages start with
+    a field name ("fps must be …"), with the section's own name ("server.port must be …") or with the
+    whole path already ("train.steps must be …"); each becomes "policy.server.port must be …"."""
+    if not where:
+        return message
+    last = where.rsplit(".", 1)[-1]
+    if message.startswith(where + ".") or message.startswith(where + ":"):
+        return message
+    top = where.split(".", 1)[0]
+    if message.startswith(top + ".") and "." in where:  # a path from the top, e.g. "train.data.x must"
+        return message
+    if message.startswith(last + "."):
+        return where + message[len(last) :]
+    head = message.split(" ", 1)[0].split(":", 1)[0].split(".", 1)[0].split("[", 1)[0]
+    if head in set(fields):
+        return f"{where}.{message}"
+    return f"{where}: {message}"
 
 
 def to_plain(obj: Any) -> Any:

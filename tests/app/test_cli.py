@@ -69,7 +69,7 @@ def test_every_benchmark_of_the_design_is_there():
 def test_bad_config_is_one_sentence_naming_the_key(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("control:\n  fsp: 30\n")
-    assert main(["teleop", "--config", str(bad)]) == 1
+    assert main(["teleop", "--config", str(bad)]) == 2  # a usage error, as argparse's own
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert str(bad) in err and "control.fsp" in err and "did you mean 'fps'" in err

@@ -61,7 +61,7 @@ def test_literal_choice_suggests(tmp_path):
 
 
 def test_invalid_values_name_the_section(tmp_path):
-    with pytest.raises(ConfigError, match=r"robot\.safety: max_joint_delta_per_tick must be > 0"):
+    with pytest.raises(ConfigError, match=r"robot\.safety\.max_joint_delta_per_tick must be > 0"):
         load_config(write(tmp_path, "robot: {safety: {max_joint_delta_per_tick: 0}}\n"))
     with pytest.raises(
         ConfigError, match=r"yaml: cameras\.cam_hgh: unknown camera name \(did you mean 'cam_high'"
@@ -89,3 +89,25 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(write(tmp_path, "robot: [unclosed\n"))
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+@pytest.mark.parametrize(
+    "text, path",
+    [
+        ("control: {fps: -3}\n", "control.fps must be"),  # a field's own check
+        ("robot: {arms: {left_folower: {port: x}}}\n", "robot.arms.left_folower: unknown arm"),
+        ("policy: {server: {port: 70000}}\n", "policy.server.port must be"),  # the section's name
+        ("train: {data: {horizon: 1}}\n", "train.data.horizon must be"),  # a path from the top
+    ],
+)
+def test_every_invalid_value_names_the_file_and_the_full_dotted_path(tmp_path, text, path):
+    f = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value).startswith(f"{f}: {path}"), str(e.value)
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    f = write(tmp_path, "control:\n  fps: 30\n  fps: 50\n")
+    with pytest.raises(ConfigError, match=r"key 'fps' is given twice \(lines 2 and 3\)"):
+        load_config(f)
