@@ -1,18 +1,21 @@
 """`xr0 serve`: a policy behind a WebSocket, for rollouts driven from another machine (a GPU box).
 
-    xr0 serve --policy PATH --host 127.0.0.1 --port 8765 [--token SECRET]
+    xr0 serve --policy PATH --host 127.0.0.1 --port 8765 [--token-file FILE]
 
 On connect the server sends a versioned hello with the policy's spec (cameras, chunk length, maximum
 prefix, fps, robot type); then each binary frame is an `infer` request answered by a `chunk` with the
 server's own timings, or by an `error` sentence (app/wire.py). A malformed, hostile or oversized message
 gets its error reply (an oversized frame: close code 1009 before it is read) and never disturbs the other
 clients; requests are answered one at a time by one inference thread. `GET /healthz` answers `ok`.
-With a token (`--token`, or the environment variable XR0_POLICY_TOKEN) the WebSocket handshake must carry
-`Authorization: Bearer TOKEN`, else it is refused with 401. The default address is loopback only.
+With a token (`--token-file FILE`, or the environment variable XR0_POLICY_TOKEN; never argv, which `ps`
+shows) the WebSocket handshake must carry `Authorization: Bearer TOKEN`, else it is refused with 401. The
+default address is loopback only; another address without a token is refused unless
+`--insecure-no-token` says so.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hmac
 import logging
@@ -104,6 +107,8 @@ class PolicyServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._failure: BaseException | None = None
+        self._warn_lock = threading.Lock()
+        self._warned_at, self._warnings_held = -1e9, 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -165,6 +170,18 @@ class PolicyServer:
             self._ready.set()
             await self._stop.wait()
 
+    def _warn(self, message: str) -> None:
+        """A warning at most every 5 s; the ones held back are counted in the next (a hostile client
+        must not flood the log)."""
+        now = time.monotonic()
+        with self._warn_lock:
+            if now - self._warned_at < 5.0:
+                self._warnings_held += 1
+                log.debug(message)
+                return
+            held, self._warnings_held, self._warned_at = self._warnings_held, 0, now
+        log.warning(message + (f" ({held} similar suppressed)" if held else ""))
+
     # -- HTTP: health and authentication -------------------------------------------------------------------
     def _process_request(self, connection, request):
         if request.path == "/healthz":
@@ -173,7 +190,7 @@ class PolicyServer:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
                 self.rejected += 1
-                log.warning("refused a client with a missing or wrong token")
+                self._warn("refused a client with a missing or wrong token")
                 return connection.respond(
                     HTTPStatus.UNAUTHORIZED, "a valid token is required (Authorization: Bearer TOKEN)\n"
                 )
@@ -212,8 +229,12 @@ class PolicyServer:
             request_id, observation, prefix = decode_request(message, self.policy.spec)
         except WireError as e:
             self.rejected += 1
-            log.warning("rejected a message from %s: %s", peer, e)
+            self._warn(f"rejected a message from {peer}: {e}")
             return error_message(str(e), request_id)
+        except Exception as e:  # noqa: BLE001 - never a handler traceback for a malformed message
+            self.rejected += 1
+            self._warn(f"rejected a malformed message from {peer} ({type(e).__name__})")
+            return error_message(f"the message is malformed ({type(e).__name__})", request_id)
         t1 = time.perf_counter()
         try:
             chunk = self.policy.infer(observation, prefix)
@@ -221,6 +242,17 @@ class PolicyServer:
         except Exception as e:  # noqa: BLE001 - the client gets the sentence, the server keeps serving
             log.exception("the policy failed on request %s", request_id)
             return error_message(f"the policy failed: {type(e).__name__}: {e}", request_id)
+        spec = self.policy.spec
+        if actions.shape != (spec.chunk_length, 14) or not np.all(np.isfinite(actions)):
+            # the server checks its own output: a chunk it would not execute itself is never sent
+            self.rejected += 1
+            self._warn(f"the policy's answer to request {request_id} was unusable ({actions.shape}, finite: "
+                       f"{bool(np.all(np.isfinite(actions)))}); an error was sent instead")  # fmt: skip
+            return error_message(
+                f"the policy produced an unusable chunk for this observation (shape {actions.shape}, "
+                f"{'finite' if np.all(np.isfinite(actions)) else 'NaN or inf'}); nothing was sent",
+                request_id,
+            )
         t2 = time.perf_counter()
         timing = {f"policy_{k}": float(v) for k, v in chunk.timing_ms.items()}
         timing.update(server_decode=(t1 - t0) * 1e3, server_infer=(t2 - t1) * 1e3)
@@ -235,7 +267,41 @@ def add_arguments(p) -> None:
     p.add_argument("--policy", default=None, help="checkpoint directory, or hold (default: policy.source)")
     p.add_argument("--host", default=None, help="address to bind (default: policy.server.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: policy.server.port)")
-    p.add_argument("--token", default=None, help=f"shared secret clients must send (or set {TOKEN_ENV})")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help=f"file holding the shared secret clients must send (or set {TOKEN_ENV}; never on the command line)",
+    )
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # visible in `ps`: deprecated
+    p.add_argument(
+        "--insecure-no-token",
+        action="store_true",
+        help="serve beyond this machine without a token: anyone who reaches the port can drive the robot",
+    )
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def read_token(args) -> str | None:
+    """The shared secret: --token-file, else the environment; --token (visible to every user through
+    `ps`) still works for one release, with a deprecation line."""
+    from app.errors import CliError
+
+    if args.token_file:
+        try:
+            token = open(args.token_file).read().strip()
+        except OSError as e:
+            raise CliError(f"--token-file {args.token_file}: {e.strerror}") from e
+        if not token:
+            raise CliError(f"--token-file {args.token_file} is empty")
+        return token
+    if args.token:
+        log.warning(
+            "--token on the command line is visible to every user (ps); use %s or --token-file", TOKEN_ENV
+        )
+        return args.token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def run(args, config) -> int:
@@ -251,11 +317,16 @@ def run(args, config) -> int:
             "--policy scripted cannot be served: the demonstrator needs the simulator's world; "
             "serve a checkpoint, or hold"
         )
-    policy = open_policy(source, config, rig=None)
-    token = args.token or os.environ.get(TOKEN_ENV) or None
+    token = read_token(args)
     host = args.host or server_cfg.host
-    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
-        log.warning("serving on %s without a token: anyone who can reach this port can drive the robot", host)
+    if host not in LOOPBACK and token is None:
+        if not args.insecure_no_token:
+            raise CliError(
+                f"--host {host} opens the policy to the network: set {TOKEN_ENV} or --token-file FILE "
+                "(or, knowingly, --insecure-no-token)"
+            )
+        log.warning("serving on %s WITHOUT A TOKEN: anyone who can reach this port can drive the robot", host)
+    policy = open_policy(source, config, rig=None)
     server = PolicyServer(
         policy, host, server_cfg.port if args.port is None else args.port, token, server_cfg.max_request_bytes
     )

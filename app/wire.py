@@ -16,6 +16,7 @@ dtype, shape and finiteness, and any violation raises `WireError` with a sentenc
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -28,6 +29,8 @@ VERSION = 1
 # dtypes an array may have on the wire (little-endian numeric only).
 DTYPES = {"|u1": np.uint8, "<f4": np.float32, "<f8": np.float64, "<i4": np.int32, "<i8": np.int64}
 MAX_IMAGE_PIXELS = 4096 * 4096
+MIN_IMAGE_SIDE = 8  # pixels: smaller frames are not camera images (and break image processors)
+MAX_IMAGE_ASPECT = 8.0  # width/height (or height/width) beyond this is not a camera frame
 MAX_INSTRUCTION = 2000
 
 
@@ -96,7 +99,7 @@ def decode_array(obj: Any, where: str, ndim: int | None = None, max_elements: in
         raise WireError(f"{where}: shape must be a list of at most 4 non-negative ints, got {shape!r}")
     if ndim is not None and len(shape) != ndim:
         raise WireError(f"{where}: expected {ndim} dimensions, got shape {shape}")
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = math.prod(shape)  # Python ints: a product of huge sides cannot wrap around to a small number
     if n > max_elements:
         raise WireError(f"{where}: {n} elements is more than the limit of {max_elements}")
     if not isinstance(data, bytes) or len(data) != n * np.dtype(DTYPES[dtype]).itemsize:
@@ -167,6 +170,12 @@ def decode_image(obj: Any, where: str) -> np.ndarray:
             raise WireError(f"{where}: the JPEG could not be decoded ({e})") from None
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise WireError(f"{where}: expected an H×W×3 uint8 RGB image, got {img.dtype} {img.shape}")
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE or max(h, w) > MAX_IMAGE_ASPECT * min(h, w):
+        raise WireError(
+            f"{where}: a {w}×{h} image is not a camera frame (sides ≥ {MIN_IMAGE_SIDE} px, aspect ≤ "
+            f"{MAX_IMAGE_ASPECT:g})"
+        )
     return img
 
 
@@ -257,6 +266,7 @@ def decode_request(message: dict, spec: PolicySpec) -> tuple[int, PolicyObservat
     if missing:
         raise WireError(f"observation.images lacks camera(s) {', '.join(missing)} that the policy reads")
     images = {c: decode_image(images_in[c], f"observation.images.{c}") for c in spec.cameras}
+    _check_frames(images, spec)
     prefix = decode_actions(message.get("prefix"), "prefix")
     if len(prefix) > spec.max_prefix:
         raise WireError(f"prefix has {len(prefix)} rows; the policy takes at most {spec.max_prefix}")
@@ -266,6 +276,24 @@ def decode_request(message: dict, spec: PolicySpec) -> tuple[int, PolicyObservat
         PolicyObservation(images, state.astype(np.float64), instruction, t_ns, privileged),
         prefix,
     )
+
+
+def _check_frames(images: dict[str, np.ndarray], spec: PolicySpec) -> None:
+    """Frames against the served checkpoint's contract: the aspect ratio it was trained on (the processor
+    resizes to its pixel budget, so the size itself may differ)."""
+    from xr0.contract import ASPECT_TOLERANCE
+
+    cameras = (spec.contract or {}).get("cameras") or []
+    for cam in cameras:
+        name, ch, cw = cam.get("name"), cam.get("height"), cam.get("width")
+        if name not in images or not ch or not cw:
+            continue
+        h, w = images[name].shape[:2]
+        if abs(w / h - cw / ch) > ASPECT_TOLERANCE * cw / ch:
+            raise WireError(
+                f"observation.images.{name}: a {w}×{h} frame; the policy was trained on {cw}×{ch} frames "
+                "(another aspect ratio)"
+            )
 
 
 def _decode_privileged(values: Any, spec: PolicySpec) -> dict[str, np.ndarray]:

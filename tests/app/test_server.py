@@ -99,6 +99,8 @@ def test_wire_round_trip_is_exact_for_arrays_and_close_for_jpeg():
         ({"dtype": "<f8", "shape": [3], "data": b"\0" * 8}, "length"),
         ({"dtype": "<f8", "shape": [1 << 30], "data": b""}, "shape|elements"),
         ({"dtype": "<f8", "shape": "3", "data": b""}, "shape"),
+        # sides within the per-side bound whose product wraps int64 to 0: counted with Python ints
+        ({"dtype": "|u1", "shape": [1 << 24, 1 << 24, 1 << 16, 0x10], "data": b""}, "elements"),
         ([1, 2, 3], "array map"),
     ],
 )
@@ -173,6 +175,10 @@ def test_hostile_messages_get_error_replies_and_the_good_client_keeps_being_serv
             "JPEG",
         ),
     ]
+    for shape, what in (((0, 0, 3), "0×0"), ((1, 4000, 3), "4000×1")):
+        image = {"codec": "raw", "array": encode_array(np.zeros(shape, np.uint8))}
+        msg = dict(valid, observation=dict(valid["observation"], images={"cam_high": image}))
+        hostile.append((pack(msg), f"a {what} image is not a camera frame"))
     with raw(server) as ws:
         hello = unpack(ws.recv(timeout=5), 1 << 20)
         assert hello["type"] == "hello" and hello["version"] == 1
@@ -284,3 +290,38 @@ def test_threads_do_not_leak(server):
         c.infer(observation(), np.zeros((0, 14)))
         c.close()
     assert threading.active_count() <= before + 2
+
+
+class Overflowing(CameraHold):
+    """A policy whose arithmetic overflows on an absurd (but finite) state, as a model's can."""
+
+    def infer(self, observation, prefix):
+        chunk = super().infer(observation, prefix)
+        with np.errstate(over="ignore"):
+            return replace(chunk, actions=chunk.actions + observation.state[0] * 1e10)
+
+
+def test_the_server_never_sends_a_chunk_it_would_not_execute():
+    srv = PolicyServer(Overflowing(), "127.0.0.1", 0, token="s3cret", max_request_bytes=LIMIT)
+    srv.start()
+    try:
+        client = good_client(srv)
+        huge = replace(observation(), state=np.full(14, 1e308))  # finite, so the wire accepts it
+        with pytest.raises(PolicyServerError, match="unusable chunk .* NaN or inf"):
+            client.infer(huge, np.zeros((0, 14)))
+        assert client.infer(observation(), np.zeros((0, 14))).actions.shape == (30, 14)
+        client.close()
+    finally:
+        srv.stop()
+
+
+def test_serving_beyond_loopback_needs_a_token_from_a_file_or_the_environment(tmp_path, capsys, monkeypatch):
+    from app.cli import main
+
+    monkeypatch.delenv("XR0_POLICY_TOKEN", raising=False)
+    assert main(["serve", "--robot", "sim", "--policy", "hold", "--host", "0.0.0.0"]) == 1
+    assert "--host 0.0.0.0 opens the policy to the network: set XR0_POLICY_TOKEN" in capsys.readouterr().err
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    assert main(["serve", "--robot", "sim", "--policy", "hold", "--token-file", str(empty)]) == 1
+    assert "is empty" in capsys.readouterr().err
