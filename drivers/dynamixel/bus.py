@@ -77,6 +77,31 @@ def _sdk():
 
 
 _PORT_CLASS = None
+_HANDLER_CLASS = None
+
+
+def stuffing_packet_handler(sdk):
+    """dynamixel-sdk's Protocol 2.0 packet handler with byte stuffing that reaches the wire.
+
+    The SDK's `txPacket` calls `addStuffing(txpacket)` and ignores what it returns; when stuffing makes
+    the packet longer, `addStuffing` builds a new list and the caller's packet goes out unstuffed, with the
+    old length (seen in dynamixel-sdk 4.1: writing Homing Offset −131073 sends `… ff ff fd ff …`), and a
+    real servo resynchronises on that false header. Here `addStuffing` writes its result back into the
+    caller's list, so `txPacket` frames, CRCs and sends the stuffed packet. Every instruction goes through
+    `txPacket` (write, sync write, sync/bulk read requests), so this one place covers them all."""
+    global _HANDLER_CLASS
+    if _HANDLER_CLASS is None:
+        base = type(sdk.PacketHandler(2.0))
+
+        class StuffingPacketHandler(base):
+            def addStuffing(self, packet):
+                stuffed = super().addStuffing(packet)
+                if stuffed is not packet:
+                    packet[:] = stuffed  # in place: the SDK's txPacket keeps using its own list
+                return packet
+
+        _HANDLER_CLASS = StuffingPacketHandler
+    return _HANDLER_CLASS()
 
 
 def _port_class():
@@ -254,7 +279,7 @@ class DynamixelBus:
                 )
             port.latency_ms = max(self.latency_ms, float(latency))
         self._port = port
-        self._ph = sdk.PacketHandler(2.0)
+        self._ph = stuffing_packet_handler(sdk)
 
     def close(self) -> None:
         with self._lock:

@@ -169,9 +169,29 @@ def decode(buffer: bytearray) -> tuple[Packet | None, int]:
     if len(buffer) < end:
         return None, 0
     raw = bytes(buffer[:end])
+    false_header = unstuffed_header(raw[7:-2])
+    if false_header is not None:
+        # A real servo's parser restarts at every FF FF FD it sees: an unstuffed one inside the payload is
+        # a new header, and the packet so far is lost. Do the same, so a sender that forgets to stuff fails
+        # here as it would on the hardware.
+        return None, 7 + false_header
     crc_ok = crc16(raw[:-2]) == (raw[-2] | (raw[-1] << 8))
     body = unstuff(raw[7:-2])
     return Packet(raw[4], body[0], body[1:], crc_ok), end
+
+
+def unstuffed_header(body: bytes) -> int | None:
+    """The index of the first FF FF FD inside `body` (instruction and parameters as sent) that is not
+    stuffed (not followed by FD), or None. `FF FF FD FD` is a stuffed FF FF FD and the scan skips its FD."""
+    i = 0
+    while True:
+        i = body.find(b"\xff\xff\xfd", i)
+        if i < 0:
+            return None
+        if i + 3 < len(body) and body[i + 3] == 0xFD:
+            i += 4
+            continue
+        return i
 
 
 def wire_bytes_sync_read(n_motors: int, data_length: int) -> tuple[int, int]:

@@ -183,3 +183,23 @@ def test_unplugged_port_is_named(emulator, bus):
     emulator.disconnect()
     with pytest.raises(PortLost, match=r"test_arm .*lost the serial port.*unplugged"):
         bus.sync_read(IDS, *STATE_BLOCK, soon())
+
+
+NEEDS_STUFFING = -131073  # little-endian FF FF FD FF: a false header unless stuffed
+
+
+def test_values_that_need_byte_stuffing_survive_every_instruction_both_ways(emulator, bus):
+    """The SDK drops its own stuffing on transmit (see bus.stuffing_packet_handler); the emulator parses as
+    strictly as a servo. Write, sync write, sync read and bulk read with values whose bytes hold FF FF FD."""
+    bus.write(1, "homing_offset", NEEDS_STUFFING)  # write (an instruction with a stuffed payload)
+    assert emulator.motors[1].get("homing_offset") == NEEDS_STUFFING
+    bus.sync_write("homing_offset", {2: NEEDS_STUFFING, 4: NEEDS_STUFFING, 6: 5})  # sync write
+    time.sleep(0.02)
+    assert [emulator.motors[i].get("homing_offset") for i in (2, 4, 6)] == [NEEDS_STUFFING] * 2 + [5]
+    # statuses whose data need stuffing, read back through the SDK's receive path
+    assert bus.read(2, "homing_offset") == NEEDS_STUFFING
+    replies = bus.sync_read((1, 2, 6), 20, 4, soon())
+    got = {i: int.from_bytes(r.data, "little", signed=True) for i, r in replies.items()}
+    assert got == {1: NEEDS_STUFFING, 2: NEEDS_STUFFING, 6: 5}
+    replies = bus.bulk_read({4: (20, 4), 9: (38, 2)}, soon())
+    assert int.from_bytes(replies[4].data, "little", signed=True) == NEEDS_STUFFING

@@ -59,3 +59,17 @@ def test_wire_time_of_a_nine_motor_cycle():
     assert (tx, rx) == (25, 189)  # 14+9+2 instruction bytes; 9 status packets of 11+10 bytes
     assert p.wire_bytes_sync_write(7, 4) == 51
     assert abs(p.wire_time_s(tx + rx + 51, 1_000_000) - 2.65e-3) < 1e-9
+
+
+def test_an_unstuffed_header_inside_a_payload_restarts_the_parser_as_on_a_servo():
+    # what dynamixel-sdk 4.1 sends for "write Homing Offset −131073 to id 1": the value's bytes
+    # FF FF FD FF unstuffed, with the unstuffed length — a real servo resynchronises on that false header
+    body = bytes([p.WRITE, 20, 0, 0xFF, 0xFF, 0xFD, 0xFF])
+    head = p.HEADER + bytes([1, len(body) + 2, 0])  # FF FF FD 00, id, length
+    crc = p.crc16(head + body)
+    unstuffed = head + body + bytes([crc & 0xFF, crc >> 8])
+    packet, used = p.decode(bytearray(unstuffed))
+    assert packet is None and used == 7 + 3  # dropped up to the false header, parsing restarts there
+    assert p.unstuffed_header(body) == 3 and p.unstuffed_header(p.stuff(body)) is None
+    packet, used = p.decode(bytearray(p.encode(1, p.WRITE, body[1:])))  # stuffed: accepted
+    assert packet is not None and packet.params == body[1:] and packet.crc_ok
