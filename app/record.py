@@ -427,19 +427,26 @@ def run(args, config: AppConfig) -> int:
 
 
 def _print_report(path: Path, report: RecordReport, recorder: Recorder | None) -> None:
-    results = {r.index: r for r in (recorder.results if recorder else [])}
+    """One line per attempt, from the writer's own verdict on that attempt (an index freed by a discard is
+    used again by the next attempt, so results are matched per attempt, never by index)."""
     print(f"record: {path}")
     for ep in report.episodes:
-        r = results.get(ep["index"])
         verdict = {True: "success", False: "failure", None: "not judged"}[ep["success"]]
         seed = f" seed {ep['seed']}" if ep["seed"] is not None else ""
-        if r is not None and r.status == "committed":
-            rate = r.attrs.get("loop_rate_hz")
-            flag = "" if r.attrs.get("rate_ok", True) else f" — LOOP RATE LOW ({rate} Hz)"
-            print(f"  episode {ep['index']}{seed}: kept, {r.length} steps, {verdict} ({ep['outcome']}){flag}")
+        if ep["kept"]:
+            rate = ep["attrs"].get("loop_rate_hz")
+            flag = "" if ep["attrs"].get("rate_ok", True) else f" — LOOP RATE LOW ({rate} Hz)"
+            print(
+                f"  episode {ep['index']}{seed}: kept, {ep['length']} steps, {verdict} ({ep['outcome']}){flag}"
+            )
+        elif ep["status"] == "discarded":
+            print(f"  episode {ep['index']}{seed}: discarded ({ep['outcome']})")
         else:
-            status = r.status if r is not None else "not written"
-            print(f"  episode {ep['index']}{seed}: {status} ({ep['outcome']})")
+            print(
+                f"  episode {ep['index']}{seed}: NOT committed ({ep['status']}, {ep['outcome']}); "
+                f"{ep['on_disk_steps']} steps had reached the disk: `{prog()} dataset repair --dataset {path}` "
+                "recovers them"
+            )
     lat = report.lateness_ms
     late = f", loop lateness p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms" if lat else ""
     print(f"  {report.ticks} ticks in {report.wall_s:.1f} s{late}; stale ticks {report.stale_ticks}")

@@ -45,6 +45,9 @@ class RecordReport:
     quit: bool = False
 
 
+COMMIT_TIMEOUT_S = 60.0  # the longest an episode's commit is waited for before it is reported not saved
+
+
 class RecordSession:
     def __init__(
         self,
@@ -221,14 +224,39 @@ class RecordSession:
         }
         if stages is not None:
             info["max_stage"] = stages.max_stage
+        results_before = len(rec.results)
         self._end_episode(success, info)
         verdict = {True: "success", False: "failure", None: "not judged"}[success]
-        if commit:
-            self.console.cue(f"■ episode {index} kept ({verdict}, {outcome})", bell=True)
+        if commit:  # "kept" only once the writer says it is committed: a crash before that can still lose it
+            self.console.cue(f"… episode {index} saving")
+        result = rec.wait_result(index, results_before, timeout=COMMIT_TIMEOUT_S)
+        kept = result is not None and result.status == "committed"
+        if kept:
+            self.console.cue(
+                f"■ episode {index} kept ({verdict}, {outcome}, {result.length} steps)", bell=True
+            )
+        elif commit:
+            why = rec.error or (
+                f"the writer answered {result.status}" if result else "no answer from the writer"
+            )
+            self.console.cue(
+                f"✗ episode {index} NOT saved ({why}); `dataset repair` recovers the steps that reached the disk",
+                bell=True,
+            )
         else:
             self.console.cue(f"✗ episode {index} discarded ({outcome})", bell=True)
         self.report.episodes.append(
-            {"index": index, "seed": seed, "outcome": outcome, "kept": commit, "success": success}
+            {
+                "index": index,
+                "seed": seed,
+                "outcome": outcome,
+                "kept": kept,
+                "success": success,
+                "status": result.status if result is not None else "not confirmed",
+                "length": result.length if result is not None else None,
+                "attrs": dict(result.attrs) if result is not None else {},
+                "on_disk_steps": rec.written_steps,
+            }
         )
         return outcome
 

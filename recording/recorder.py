@@ -280,6 +280,18 @@ class Recorder:
             self._synced.wait_for(lambda: self._sync_seen >= target or not self._proc.is_alive(), timeout)
             return self._sync_seen >= target
 
+    def wait_result(self, index: int, after: int, timeout: float = 60.0) -> EpisodeResult | None:
+        """The writer's verdict on episode `index` (committed, discarded or failed), the first one among
+        `results[after:]` — what is on disk, not what was asked; None if the writer died or `timeout` passed.
+        An index can come back after a discard, hence `after` (len(results) when the episode ended)."""
+
+        def found() -> EpisodeResult | None:
+            return next((r for r in self.results[after:] if r.index == index), None)
+
+        with self._synced:
+            self._synced.wait_for(lambda: found() is not None or not self._proc.is_alive(), timeout)
+            return found()
+
     def close(self, timeout: float = 120.0) -> None:
         """Write everything queued, end an open episode per `on_interrupt`, stop the writer process."""
         if self._closing:
@@ -332,7 +344,11 @@ class Recorder:
                 self.flush_seconds_total = msg["busy_s"]
                 self.writer_cpu_s = msg["cpu_s"]
             elif kind == "result":
-                self.results.append(EpisodeResult(msg["index"], msg["status"], msg["length"], msg["attrs"]))
+                with self._synced:
+                    self.results.append(
+                        EpisodeResult(msg["index"], msg["status"], msg["length"], msg["attrs"])
+                    )
+                    self._synced.notify_all()
                 self.flush_seconds_total = msg["busy_s"]
                 self.writer_cpu_s = msg["cpu_s"]
             elif kind == "error":

@@ -112,7 +112,7 @@ def test_keys_over_a_terminal_end_rerecord_and_quit(tmp_path, config):
     term.type(b"p")  # pause before the next episode ...
     at = term.wait_for(r"PAUSE after this episode", at)
     term.type(b"n")  # ... which ends now
-    at = term.wait_for(r"episode 1 kept \(failure, next\)", at)
+    at = term.wait_for(r"episode 1 kept \(failure, next, \d+ steps\)", at)
     at = term.wait_for(r"paused", at)
     time.sleep(0.3)
     assert b"episode 2 (3/5) recording" not in term.output[at:]
@@ -125,6 +125,12 @@ def test_keys_over_a_terminal_end_rerecord_and_quit(tmp_path, config):
     assert term.finish() == 0, term.output.decode(errors="replace")[-2000:]
     out = term.output.decode(errors="replace")
     assert "\r" in out and "dropped 0" in out
+    assert "… episode 0 saving" in out  # "kept" comes only after the writer committed it
+    # the summary attributes each attempt to its own seed and verdict (index 2 was used twice)
+    summary = out.split("record: ", 1)[1]
+    assert re.search(r"episode 1 seed 1: discarded \(rerecord\)", summary)
+    assert re.search(r"episode 2 seed 2: discarded \(discard\)", summary)
+    assert re.search(r"episode 2 seed 3: kept, \d+ steps", summary)
 
     s = EpisodeStore(store)
     assert s.episodes == [0, 1, 2] and validate(store).ok
