@@ -31,7 +31,14 @@ from recording.schema import (
     episode_attrs,
     episode_dirs,
 )
-from recording.writer import StoreWriter, fsync_tree, remove_episode_dir, summarize, utc_now
+from recording.writer import (
+    StoreWriter,
+    check_not_being_written,
+    fsync_tree,
+    remove_episode_dir,
+    summarize,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 TEMP_FILE_RE = re.compile(r"\.[0-9a-f]{32}\.partial$")
@@ -128,6 +135,7 @@ def validate(path: str | Path, deep: bool = False) -> ValidationReport:
     register_codecs()
     path = Path(path)
     spec = StoreSpec.from_attrs(check_store(path), f"dataset {path}")
+    check_not_being_written(path, "validate")  # a live writer's half-written episode is not damage
     report = ValidationReport(path=path, leftovers=_leftovers(path))
     for index, directory in episode_dirs(path).items():
         try:

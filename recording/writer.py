@@ -103,6 +103,34 @@ def summarize(read, spec: StoreSpec, n: int, min_rate_fraction: float) -> dict[s
     return out
 
 
+def _holder(path: Path) -> str:
+    """' (pid N)' of the process that wrote the lock file last, or '' when it cannot be read."""
+    try:
+        pid = (path / LOCK_FILE).read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def check_not_being_written(path: str | Path, what: str) -> None:
+    """Refuse (StoreBusy, one sentence) while a live writer holds the store's lock; a lock file left by a
+    killed writer holds no lock and passes."""
+    path = Path(path)
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: never written by a StoreWriter of this version, or not a store
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StoreBusy(
+            f"dataset {path} is being written by another process{_holder(path)}; {what} it when that "
+            "recording has ended"
+        ) from None
+    finally:
+        os.close(fd)
+
+
 class StoreWriter:
     """The one writer of a store (an advisory lock keeps a second process out)."""
 
@@ -162,8 +190,12 @@ class StoreWriter:
         except BlockingIOError:
             os.close(fd)
             raise StoreBusy(
-                f"dataset {self.path} is being written by another process (xr0 record?)"
+                f"dataset {self.path} is being written by another process{_holder(self.path)} (xr0 record?)"
             ) from None
+        # who holds it, for the messages of those who find it locked (the lock itself dies with the process:
+        # a stale file from a killed writer locks nothing)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
         return fd
 
     def _create(self) -> None:

@@ -195,8 +195,23 @@ def test_bad_steps_name_the_key(tmp_path):
 
 def test_one_writer_at_a_time(store):
     with StoreWriter(store):
-        with pytest.raises(StoreBusy, match="being written by another process"):
+        with pytest.raises(StoreBusy, match=rf"being written by another process \(pid {os.getpid()}\)"):
             StoreWriter(store)
+
+
+def test_validate_and_repair_refuse_a_store_a_live_writer_holds_and_a_dead_ones_lock_is_no_lock(store):
+    from recording.integrity import repair
+
+    with StoreWriter(store):
+        with pytest.raises(
+            StoreBusy, match=r"being written by another process \(pid \d+\); validate it when"
+        ):
+            validate(store)
+        with pytest.raises(StoreBusy, match="being written"):
+            repair(store)
+    # the lock file stays behind (as after a killed writer), but the lock died with its holder
+    assert (store / ".xr0-writer.lock").read_text() == str(os.getpid())
+    assert validate(store).ok
 
 
 def test_partial_episode_is_named_recovered_up_to_its_last_flush_or_dropped(tmp_path):
