@@ -168,7 +168,7 @@ def blueprint(cameras: list[str], with_chunks: bool, timeline: str = "tick"):
     shares.append(2)
     return rrb.Blueprint(
         rrb.Vertical(*rows, row_shares=shares),
-        rrb.TimePanel(timeline=timeline),
+        rrb.TimePanel(timeline=timeline, state="collapsed"),
         collapse_panels=True,
     )
 
