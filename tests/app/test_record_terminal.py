@@ -1,6 +1,7 @@
 """`xr0 record` and `xr0 teleop` as an operator meets them: a real process, keys typed into a
 pseudo-terminal (as over SSH), Ctrl-C delivered to the process group — and the store or summary afterwards."""
 
+import contextlib
 import os
 import pty
 import re
@@ -34,7 +35,10 @@ def test_keys_and_escape_sequences_are_parsed():
 class Terminal:
     """An `xr0` command on a pseudo-terminal: what it prints is collected; `type` sends keys."""
 
+    started: list["Terminal"] = []  # killed after each test, passed or failed (the autouse fixture below)
+
     def __init__(self, argv: list[str]) -> None:
+        Terminal.started.append(self)
         self.master, slave = pty.openpty()
         env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONPATH": str(ROOT), "TERM": "xterm"}
         self.proc = subprocess.Popen(
@@ -63,6 +67,13 @@ class Terminal:
                 return
             self.output += data
 
+    def kill(self) -> None:
+        """The whole process group, whatever state it is in (a failed test must leave nothing running)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
     def wait_for(self, pattern: str, after: int = 0, timeout: float = 90) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -86,6 +97,13 @@ class Terminal:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self._reader.join(2)
             os.close(self.master)
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    yield
+    while Terminal.started:
+        Terminal.started.pop().kill()
 
 
 @pytest.fixture

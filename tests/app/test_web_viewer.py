@@ -7,7 +7,9 @@ once the viewer has drawn the cameras. Run as a script to make the README's pict
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,6 +70,7 @@ def screenshot(rrd: Path, out: Path, timeout_s: float = 120.0) -> Path:
         [str(rerun), "--serve-web", str(rrd), "--web-viewer-port", str(web), "--port", str(grpc)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # `rerun` is a wrapper that starts the viewer binary: stop the whole group
     )
     url = f"http://127.0.0.1:{web}/?renderer=webgl&url=rerun%2Bhttp%3A%2F%2F127.0.0.1%3A{grpc}%2Fproxy"
     try:
@@ -96,7 +99,7 @@ def screenshot(rrd: Path, out: Path, timeout_s: float = 120.0) -> Path:
                     break
             browser.close()
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait(10)
     return out
 
