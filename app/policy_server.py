@@ -62,6 +62,10 @@ class ServerConfig:
     timeout_s: float = 10.0
     # Client: seconds between attempts to reconnect to a server that went away.
     reconnect_s: float = 1.0
+    # Server: clients connected at once; more are refused (HTTP 503) before the WebSocket opens.
+    max_connections: int = 8
+    # Server: a connection that sends nothing for this long is closed (half-open ones are found by pings).
+    idle_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -72,6 +76,10 @@ class ServerConfig:
             raise ValueError(f"server.jpeg_quality must be 0 (raw) or 1..100, got {self.jpeg_quality}")
         if not self.timeout_s > 0 or not self.reconnect_s > 0:
             raise ValueError("server.timeout_s and server.reconnect_s must be > 0 s")
+        if not 1 <= self.max_connections <= 1024:
+            raise ValueError(f"server.max_connections must be 1..1024, got {self.max_connections}")
+        if not self.idle_timeout_s > 0:
+            raise ValueError(f"server.idle_timeout_s must be > 0 s, got {self.idle_timeout_s}")
 
     @property
     def max_request_bytes(self) -> int:
@@ -89,19 +97,28 @@ class PolicyServer:
         port: int = 8765,
         token: str | None = None,
         max_request_bytes: int = 16 << 20,
+        max_connections: int = 8,
+        idle_timeout_s: float = 120.0,
     ) -> None:
         self.policy = policy
         self.host = host
         self.port = port
         self.token = token or None
         self.max_request_bytes = max_request_bytes
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.active = 0  # clients connected now
         self.served = 0  # requests answered with a chunk
         self.rejected = 0  # messages answered with an error
         self.connections = 0
         self._hello = pack(
             {"type": "hello", "protocol": PROTOCOL, "version": VERSION, "spec": encode_spec(policy.spec)}
         )
+        # One inference thread (requests are answered in arrival order; each client has at most one in
+        # flight, so clients take turns); decoding runs on its own threads, so one client's large images
+        # never hold the model up for the others.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        self._decoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="policy-decode")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -118,6 +135,7 @@ class PolicyServer:
             asyncio.run(self._main(stop_on_signals=True))
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._decoders.shutdown(wait=False, cancel_futures=True)
 
     def start(self, timeout_s: float = 10.0) -> int:
         """Serve from a background thread; returns the bound port (useful with port 0)."""
@@ -142,6 +160,7 @@ class PolicyServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._decoders.shutdown(wait=False, cancel_futures=True)
 
     @property
     def url(self) -> str:
@@ -162,6 +181,9 @@ class PolicyServer:
             process_request=self._process_request,
             max_size=self.max_request_bytes,
             compression=None,  # images are JPEG already; deflate would only cost CPU
+            open_timeout=10,  # a client that never finishes its handshake is dropped
+            ping_interval=20,  # half-open connections (a client that vanished) are found and closed
+            ping_timeout=20,
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             log.info(
@@ -186,6 +208,13 @@ class PolicyServer:
     def _process_request(self, connection, request):
         if request.path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
+        if self.active >= self.max_connections:
+            self.rejected += 1
+            self._warn(f"refused a client: {self.active} are connected (server.max_connections)")
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the server serves at most {self.max_connections} clients at once (server.max_connections)\n",
+            )
         if self.token is not None:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
@@ -201,13 +230,24 @@ class PolicyServer:
         from websockets.exceptions import ConnectionClosed
 
         self.connections += 1
+        self.active += 1
         peer = ws.remote_address
         log.info("client %s connected", peer)
         loop = asyncio.get_running_loop()
         try:
             await ws.send(self._hello)
-            async for message in ws:
-                reply = await loop.run_in_executor(self._executor, self._answer, message, peer)
+            while True:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), self.idle_timeout_s)
+                except TimeoutError:
+                    log.info("client %s idle for %.0f s: closing", peer, self.idle_timeout_s)
+                    await ws.close(1000, "idle")
+                    break
+                decoded = await loop.run_in_executor(self._decoders, self._decode, message, peer)
+                if isinstance(decoded, bytes):  # an error reply: nothing to infer
+                    reply = decoded
+                else:
+                    reply = await loop.run_in_executor(self._executor, self._infer, *decoded)
                 await ws.send(reply)
         except ConnectionClosed as e:
             if e.rcvd is not None and e.rcvd.code == 1009 or (e.sent is not None and e.sent.code == 1009):
@@ -216,10 +256,17 @@ class PolicyServer:
                     "client %s sent a frame over %d bytes; connection closed", peer, self.max_request_bytes
                 )
         finally:
+            self.active -= 1
             log.info("client %s disconnected", peer)
 
     def _answer(self, data: bytes | str, peer: object) -> bytes:
-        """Decode, infer, encode — on the inference thread, so a slow decode never stalls other clients."""
+        """Decode, infer, encode in one call (tests and in-process use; the server splits the two)."""
+        decoded = self._decode(data, peer)
+        return decoded if isinstance(decoded, bytes) else self._infer(*decoded)
+
+    def _decode(self, data: bytes | str, peer: object):
+        """The request checked against the served policy's spec, on a decoding thread: (id, observation,
+        prefix, t0, t1) to infer, or the error reply (bytes) for a bad message."""
         t0 = time.perf_counter()
         request_id = None
         try:
@@ -235,7 +282,11 @@ class PolicyServer:
             self.rejected += 1
             self._warn(f"rejected a malformed message from {peer} ({type(e).__name__})")
             return error_message(f"the message is malformed ({type(e).__name__})", request_id)
-        t1 = time.perf_counter()
+        return request_id, observation, prefix, t0, time.perf_counter()
+
+    def _infer(self, request_id, observation, prefix, t0: float, t1: float) -> bytes:
+        """The policy's answer, checked, on the one inference thread."""
+        t_start = time.perf_counter()
         try:
             chunk = self.policy.infer(observation, prefix)
             actions = np.asarray(chunk.actions, dtype=np.float64)
@@ -255,7 +306,9 @@ class PolicyServer:
             )
         t2 = time.perf_counter()
         timing = {f"policy_{k}": float(v) for k, v in chunk.timing_ms.items()}
-        timing.update(server_decode=(t1 - t0) * 1e3, server_infer=(t2 - t1) * 1e3)
+        timing.update(
+            server_decode=(t1 - t0) * 1e3, server_wait=(t_start - t1) * 1e3, server_infer=(t2 - t_start) * 1e3
+        )
         reply = {"type": "chunk", "id": request_id, "actions": encode_array(actions), "timing_ms": timing}
         timing["server_total"] = (time.perf_counter() - t0) * 1e3
         self.served += 1
@@ -328,7 +381,13 @@ def run(args, config) -> int:
         log.warning("serving on %s WITHOUT A TOKEN: anyone who can reach this port can drive the robot", host)
     policy = open_policy(source, config, rig=None)
     server = PolicyServer(
-        policy, host, server_cfg.port if args.port is None else args.port, token, server_cfg.max_request_bytes
+        policy,
+        host,
+        server_cfg.port if args.port is None else args.port,
+        token,
+        server_cfg.max_request_bytes,
+        max_connections=server_cfg.max_connections,
+        idle_timeout_s=server_cfg.idle_timeout_s,
     )
     spec = policy.spec
     print(

@@ -150,18 +150,21 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     raise WireError("a JPEG has no frame header")
 
 
-def decode_image(obj: Any, where: str) -> np.ndarray:
+def decode_image(obj: Any, where: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An H×W×3 uint8 image; its size is checked (against `max_pixels`) before anything is decoded."""
     if not isinstance(obj, dict) or obj.get("codec") not in ("jpeg", "raw"):
         raise WireError(f"{where}: expected an image map with codec jpeg or raw")
     if obj["codec"] == "raw":
-        img = decode_array(obj.get("array"), where, ndim=3, max_elements=MAX_IMAGE_PIXELS * 3)
+        img = decode_array(obj.get("array"), where, ndim=3, max_elements=max_pixels * 3)
     else:
         data = obj.get("data")
         if not isinstance(data, bytes):
             raise WireError(f"{where}: JPEG data must be bytes")
         h, w = jpeg_size(data)
-        if h * w > MAX_IMAGE_PIXELS or h == 0 or w == 0:
-            raise WireError(f"{where}: a {w}x{h} image is outside the accepted size")
+        if h * w > max_pixels or h == 0 or w == 0:
+            raise WireError(
+                f"{where}: a {w}x{h} image is outside the accepted size (at most {max_pixels} pixels)"
+            )
         import imagecodecs
 
         try:
@@ -265,7 +268,8 @@ def decode_request(message: dict, spec: PolicySpec) -> tuple[int, PolicyObservat
     missing = [c for c in spec.cameras if c not in images_in]
     if missing:
         raise WireError(f"observation.images lacks camera(s) {', '.join(missing)} that the policy reads")
-    images = {c: decode_image(images_in[c], f"observation.images.{c}") for c in spec.cameras}
+    budget = pixel_budgets(spec)
+    images = {c: decode_image(images_in[c], f"observation.images.{c}", budget.get(c, MAX_IMAGE_PIXELS)) for c in spec.cameras}  # fmt: skip
     _check_frames(images, spec)
     prefix = decode_actions(message.get("prefix"), "prefix")
     if len(prefix) > spec.max_prefix:
@@ -276,6 +280,18 @@ def decode_request(message: dict, spec: PolicySpec) -> tuple[int, PolicyObservat
         PolicyObservation(images, state.astype(np.float64), instruction, t_ns, privileged),
         prefix,
     )
+
+
+def pixel_budgets(spec: PolicySpec) -> dict[str, int]:
+    """The largest frame accepted per camera: 4× the area the checkpoint was trained on (at least 640×480;
+    the processor resizes to its budget anyway), so one client's oversized images cannot tie up the
+    server's decoding. Cameras without a contract size get MAX_IMAGE_PIXELS."""
+    out = {}
+    for cam in (spec.contract or {}).get("cameras") or []:
+        h, w = cam.get("height"), cam.get("width")
+        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+            out[cam.get("name")] = min(MAX_IMAGE_PIXELS, max(4 * h * w, 640 * 480))
+    return out
 
 
 def _check_frames(images: dict[str, np.ndarray], spec: PolicySpec) -> None:

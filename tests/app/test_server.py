@@ -4,6 +4,7 @@ token, the health endpoint, and a rollout that survives the server going away.""
 import os
 import pickle
 import threading
+import time
 import urllib.request
 from dataclasses import replace
 
@@ -325,3 +326,40 @@ def test_serving_beyond_loopback_needs_a_token_from_a_file_or_the_environment(tm
     empty.write_text("\n")
     assert main(["serve", "--robot", "sim", "--policy", "hold", "--token-file", str(empty)]) == 1
     assert "is empty" in capsys.readouterr().err
+
+
+def test_connections_are_capped_and_idle_ones_closed():
+    srv = PolicyServer(
+        CameraHold(), "127.0.0.1", 0, max_request_bytes=LIMIT, max_connections=2, idle_timeout_s=1.0
+    )
+    srv.start()
+    try:
+        with connect(srv.url) as first, connect(srv.url) as second:
+            for ws in (first, second):
+                assert unpack(ws.recv(timeout=5), 1 << 20)["type"] == "hello"
+            with pytest.raises(InvalidStatus) as e:  # a third is refused before its WebSocket opens
+                connect(srv.url)
+            assert e.value.response.status_code == 503 and b"at most 2 clients" in e.value.response.body
+            with pytest.raises(ConnectionClosed) as closed:  # the idle ones are closed after idle_timeout_s
+                first.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.reason == "idle"
+        time.sleep(0.2)
+        with connect(srv.url) as again:  # room again once they are gone
+            assert unpack(again.recv(timeout=5), 1 << 20)["type"] == "hello"
+    finally:
+        srv.stop()
+
+
+def test_frames_far_larger_than_the_checkpoints_are_refused_before_decoding():
+    from xr0.boundary import PolicySpec
+
+    spec = PolicySpec(cameras=("cam_high",), chunk_length=30, max_prefix=6, state_dim=14, fps=30.0,
+                      robot_type="aloha", contract={"cameras": [{"name": "cam_high", "height": 240, "width": 320}]})  # fmt: skip
+    big = observation(h=960, w=1280)  # 16× the trained area: far beyond the budget (4×, at least 640×480)
+    message = msgpack.unpackb(encode_request(1, big, np.zeros((0, 14)), 90), raw=False)
+    with pytest.raises(
+        WireError, match=r"1280x960 image is outside the accepted size \(at most 307200 pixels\)"
+    ):
+        decode_request(message, spec)
+    ok = msgpack.unpackb(encode_request(2, observation(h=480, w=640), np.zeros((0, 14)), 90), raw=False)
+    assert decode_request(ok, spec)[1].images["cam_high"].shape == (480, 640, 3)
