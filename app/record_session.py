@@ -45,6 +45,7 @@ class RecordReport:
     quit: bool = False
 
 
+WRITER_LAG_WARN_S = 1.0  # steps not yet on disk beyond this (s) are shown as BEHIND, with one warning
 COMMIT_TIMEOUT_S = 60.0  # the longest an episode's commit is waited for before it is reported not saved
 
 
@@ -79,6 +80,7 @@ class RecordSession:
         self._status_at = 0.0
         self._disk_at = 0.0
         self._free = float("nan")
+        self._lag_warned = False  # one warning per session when the writer falls behind
 
     # -- one control tick: observe, read the leaders, send through the safety layer, publish -----------------
     def tick(self, rate: Rate, episode: int, limit: int | None = None) -> Tick | None:
@@ -311,8 +313,17 @@ class RecordSession:
         rate = (len(walls) - 1) / (walls[-1] - walls[0]) if len(walls) > 1 and walls[-1] > walls[0] else 0.0
         p99 = float(np.percentile(np.array(self._lateness) / 1e6, 99)) if self._lateness else 0.0
         rec = self.recorder
+        lag_s = max(0, rec.steps_in_episode - rec.written_steps) / self.fps  # what a crash now would lose
+        behind = lag_s > WRITER_LAG_WARN_S
+        if behind and not self._lag_warned:
+            self._lag_warned = True
+            self.console.cue(
+                f"warning: the writer is {lag_s:.1f} s behind (a crash now loses that much of episode {index}); "
+                "the disk or CPU is busy"
+            )
         self.console.status(
             f"● ep {index} ({number + 1}/{total}) {elapsed:5.1f}/{seconds:g} s │ {rate:5.1f} Hz, late p99 {p99:4.1f} ms │ "
-            f"queue {rec.queue_depth}/{rec.queue_size} │ dropped {rec.refused_steps} stale {self.report.stale_ticks} │ "
+            f"queue {rec.queue_depth}/{rec.queue_size}, on disk −{lag_s:.1f} s{' BEHIND' if behind else ''} │ "
+            f"dropped {rec.refused_steps} stale {self.report.stale_ticks} │ "
             f"disk {self._free:.1f} GB free" + (" │ PAUSE after this episode" if self.paused else "")
         )

@@ -119,7 +119,7 @@ def test_keys_over_a_terminal_end_rerecord_and_quit(tmp_path, config):
                      "--episodes", "5", "--episode-seconds", "60"])  # fmt: skip
     at = term.wait_for("keys: ")
     at = term.wait_for(r"episode 0 \(1/5\) recording, seed 0", at)
-    at = term.wait_for(r"queue \d+/\d+", at)  # the live status line is drawn
+    at = term.wait_for(r"queue \d+/\d+, on disk −\d+\.\d s", at)  # the live status line, with the writer lag
     term.type(b"\x1b[C")  # right arrow: keep episode 0 as it is and go on
     at = term.wait_for(r"episode 0 kept \(success|failure", at)
     at = term.wait_for(r"episode 1 \(2/5\) recording, seed 1", at)
