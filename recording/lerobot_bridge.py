@@ -58,7 +58,7 @@ class BridgeError(Exception):
 
 
 def _progress(iterable, total: int, desc: str):
-    return progress_iter(iterable, total, desc, "episode")
+    return progress_iter(iterable, total, desc, "episode", file=sys.stderr)  # the bridge logs only warnings
 
 
 # -- export -------------------------------------------------------------------------------------------------

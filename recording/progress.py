@@ -1,16 +1,19 @@
 """Progress for long work (training, evaluation, export), one component for every command.
 
 On a terminal: a tqdm bar. Without one (CI, `| tee`, a log file): one plain line every `interval_s`
-seconds and a last one at the end — never a single line of thousands of carriage returns. Lives in the
-lowest layer that both `xr0/` and `app/` import.
+seconds and a last one at the end — never a single line of thousands of carriage returns — through
+`logging` (logger `recording.progress`), or to a stream the caller names. Lives in the lowest layer that
+both `xr0/` and `app/` import.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import IO, Any
 
+log = logging.getLogger(__name__)
 LINE_INTERVAL_S = 30.0
 
 
@@ -28,7 +31,7 @@ class LineProgress:
     ) -> None:
         self.total, self.desc, self.unit = total, desc, unit
         self.n = self.start = initial
-        self.file = file or sys.stderr
+        self.file = file  # None: the lines go to logging
         self.interval_s = interval_s
         self.postfix = ""
         self.t0 = self.last = time.monotonic()
@@ -58,7 +61,12 @@ class LineProgress:
             parts.append(f"about {_duration((self.total - self.n) / rate)} left")
         if self.postfix:
             parts.append(self.postfix)
-        print(", ".join(parts), file=self.file, flush=True)
+        line = ", ".join(parts)
+        if self.file is None:
+            log.info("%s", line)
+        else:
+            self.file.write(line + "\n")
+            self.file.flush()
 
     def close(self) -> None:
         if not self.closed:
@@ -78,12 +86,14 @@ def _duration(seconds: float) -> str:
 def progress_bar(
     total: int | None, desc: str, unit: str, initial: int = 0, file: IO[str] | None = None
 ) -> Any:
-    """A tqdm bar on a terminal, a LineProgress otherwise (same update/set_postfix_str/close)."""
-    file = file or sys.stderr
-    if _isatty(file):
+    """A tqdm bar when `file` (default stderr) is a terminal; a LineProgress otherwise (same
+    update/set_postfix_str/close), writing to `file` if one was given, else to logging."""
+    if _isatty(file or sys.stderr):
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=file)
+        return tqdm(
+            total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=file or sys.stderr
+        )
     return LineProgress(total, desc, unit, initial=initial, file=file)
 
 

@@ -139,7 +139,7 @@ def test_state_statistics_normalise_the_state_and_survive_save_and_load(tmp_path
     p.save_pretrained(tmp_path)
     loaded = XR0Processor.from_pretrained(tmp_path)
     assert loaded.normalizes_state("r") and not loaded.normalizes_state("raw")
-    assert np.array_equal(loaded.normalize_state(state, "r"), out)
+    np.testing.assert_allclose(loaded.normalize_state(state, "r"), out, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match=r"action_config\['r'\] needs both 'state_mean' and 'state_std'"):
         XR0Processor.build({"r": {"mean": [0.0] * 32, "std": [1.0] * 32, "state_mean": [0.0] * 32}})
     with pytest.raises(ValueError, match="negative state_std"):
