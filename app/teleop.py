@@ -172,12 +172,12 @@ class TeleopSession:
                 stages = StageTracker(sim) if sim is not None else None
                 rate = Rate(clock, self.fps)
                 for k in range(ticks_per_episode):
-                    self._keys()
-                    if self.stop.is_set():
-                        break
-                    if k % STATUS_EVERY_TICKS == 0:
-                        self._status(ep, episodes, k, ticks_per_episode, report)
-                    try:
+                    try:  # Ctrl-C anywhere in a tick ends the episode cleanly (below), then the summary
+                        self._keys()
+                        if self.stop.is_set():
+                            break
+                        if k % STATUS_EVERY_TICKS == 0:
+                            self._status(ep, episodes, k, ticks_per_episode, report)
                         tick = rate.wait()
                         if self.paused:
                             robot.hold()  # the leaders are not followed; nothing is published

@@ -59,7 +59,7 @@ def red_pixels(png: Path) -> int:
     return int((a[..., 0] - np.maximum(a[..., 1], a[..., 2]) > 60).sum())  # red, even dimmed while loading
 
 
-def screenshot(rrd: Path, out: Path, timeout_s: float = 120.0) -> Path:
+def screenshot(rrd: Path, out: Path, timeout_s: float = 240.0) -> Path:
     """Serve `rrd` with Rerun's web viewer, open it in headless Chromium (software WebGL), and save a
     screenshot once a camera image is on screen (the wasm bundle takes a while to load)."""
     from playwright.sync_api import sync_playwright
@@ -94,9 +94,7 @@ def screenshot(rrd: Path, out: Path, timeout_s: float = 120.0) -> Path:
                 time.sleep(3.0)
                 page.screenshot(path=str(out))
                 if red_pixels(out) > 5 or time.monotonic() > deadline:
-                    time.sleep(3.0)  # a little more of the recording drawn beside the cameras
-                    page.screenshot(path=str(out))
-                    break
+                    break  # keep this shot: a later one may catch the cube behind a gripper
             browser.close()
     finally:
         os.killpg(server.pid, signal.SIGKILL)
