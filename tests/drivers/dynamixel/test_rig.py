@@ -23,7 +23,9 @@ def config(tmp_path):
 
 
 def test_all_chains_are_read_in_parallel(chains):
-    group = ReadGroup()
+    # Samples stay valid for a second here: this test is about overlap, and on a loaded CI machine one
+    # round took longer than the default 25 ms, so the leaders' samples went stale and a second round ran.
+    group = ReadGroup(max_age_ms=1000.0)
     made = [
         chains(name, read_budget_ms=30.0, latency_timer_ms=5.0)
         for name in ("left_follower", "right_follower", "left_leader", "right_leader")
@@ -110,7 +112,7 @@ def test_emulated_rig_renders_its_cameras_from_the_followers(config):
 
 
 def test_a_failure_in_a_parallel_read_is_raised_by_its_own_arm(chains):
-    group = ReadGroup()
+    group = ReadGroup(max_age_ms=1000.0)  # the round's result must not go stale on a slow machine
     follower, leader = chains("left_follower"), chains("left_leader")
     try:
         for c in (follower, leader):
