@@ -1,6 +1,6 @@
 """Convert between our Zarr episode stores and LeRobotDataset v3 — through the `lerobot` library itself.
 
-Runs only inside the isolated LeRobot environment (`app/lerobot_env.py` creates it and starts this as
+Runs only inside the isolated LeRobot environment (`app/interop/lerobot_env.py` creates it and starts this as
 `python -m recording.lerobot_bridge …`): lerobot pins older torch/rerun than the project. Besides lerobot
 it needs only what our store needs (numpy, zarr, imagecodecs). Progress goes to stderr; the last line on
 stdout is one JSON report (or {"error": "…"} with one sentence).
@@ -384,7 +384,7 @@ def verify(dataset: Path, root: Path) -> dict[str, Any]:
 
 
 def _report(obj: dict[str, Any]) -> None:
-    """The bridge's answer to `app.lerobot_env`: one JSON object, the last line on stdout."""
+    """The bridge's answer to `app.interop.lerobot_env`: one JSON object, the last line on stdout."""
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 

@@ -25,7 +25,7 @@ def _torch_default() -> int:
 @pytest.fixture(autouse=True)
 def _thread_settings_stay_put():
     """Commands run in-process (`main([...])`) set torch's thread count and OMP_NUM_THREADS for their
-    process (app/threads.py); put both back after each test."""
+    process (app/runtime/threads.py); put both back after each test."""
     torch = sys.modules.get("torch")
     if torch is not None and not _torch_threads:
         _torch_threads.append(torch.get_num_threads())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config_doc import render
+from app.compose.config_doc import render
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
@@ -36,7 +36,7 @@ def test_no_page_cites_files_outside_the_repository(page):
 def test_the_configuration_reference_is_generated_from_config_yaml():
     expected = render((ROOT / "config.yaml").read_text())
     assert (ROOT / "docs" / "configuration.md").read_text() == expected, (
-        "docs/configuration.md is out of date: python -m app.config_doc > docs/configuration.md"
+        "docs/configuration.md is out of date: python -m app.compose.config_doc > docs/configuration.md"
     )
 
 
@@ -44,7 +44,7 @@ def test_every_config_key_is_in_the_reference():
     from dataclasses import fields, is_dataclass
     from typing import get_type_hints
 
-    from app.config import AppConfig
+    from app.compose.config import AppConfig
 
     text = (ROOT / "docs" / "configuration.md").read_text()
 

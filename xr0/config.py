@@ -285,13 +285,19 @@ def tiny_vlm(special_ids: dict[str, int]) -> dict[str, Any]:
     }
 
 
+BPE_VOCAB = 400  # the tiny tokenizer's trained part (xr0/tokenizer.py); special tokens follow at fixed ids
+
+
+def tiny_special_ids() -> dict[str, int]:
+    """Where the tiny tokenizer puts Qwen's special tokens: right after the BPE vocabulary."""
+    return {name: BPE_VOCAB + i for i, name in enumerate(QWEN_SPECIAL_TOKENS)}
+
+
 def _full() -> XR0Config:
     return XR0Config(vlm_config=qwen3_vl_4b(), dit_config=DiTConfig())
 
 
 def _tiny() -> XR0Config:
-    from xr0.tokenizer import tiny_special_ids
-
     dit = DiTConfig(
         hidden_size=128, num_hidden_layers=2, head_dim=32, num_key_value_heads=4, intermediate_size=256
     )

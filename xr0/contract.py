@@ -203,9 +203,9 @@ def build_contract(
     from the stores (which must agree), the action range and the seeds from their training episodes.
     `stats`: the robot type's statistics as the processor files hold them (the state pair only when the
     model reads a normalised state)."""
-    from xr0.data import ACTION_KEY, open_store
+    from recording.reader import EpisodeStore  # the sources were opened and checked already (xr0.data)
 
-    stores = [open_store(s.path) for s in sources]
+    stores = [EpisodeStore(s.path) for s in sources]
     first = stores[0].spec
     for s, store in zip(sources, stores, strict=True):
         spec = store.spec
@@ -229,7 +229,7 @@ def build_contract(
     instructions: set[str] = set()
     for s, store in zip(sources, stores, strict=True):
         for episode in s.train.episodes.tolist():
-            a = store.get(int(episode), ACTION_KEY)
+            a = store.get(int(episode), "action")
             lo, hi = np.minimum(lo, a.min(axis=0)), np.maximum(hi, a.max(axis=0))
             info = store.info(int(episode))
             seed = info.get("seed")

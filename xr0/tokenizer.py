@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 
-from xr0.config import QWEN_SPECIAL_TOKENS
-
-BPE_VOCAB = 400  # the trained part; special tokens follow at fixed ids
+from xr0.config import BPE_VOCAB, tiny_special_ids
 
 _CORPUS = [
     "The following observations are captured from multiple views.",
@@ -25,11 +23,6 @@ _CORPUS = [
     "Fold the towel, open the drawer, stack the cups, move the object to the left and right.",
     "user", "assistant", "<cot></cot>",
 ]  # fmt: skip
-
-
-def tiny_special_ids() -> dict[str, int]:
-    """Where the tiny tokenizer puts Qwen's special tokens: right after the BPE vocabulary."""
-    return {name: BPE_VOCAB + i for i, name in enumerate(QWEN_SPECIAL_TOKENS)}
 
 
 def build_tokenizer(special_ids: dict[str, int] | None = None):

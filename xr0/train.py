@@ -82,10 +82,9 @@ def build_model(
     with the run's switches and the new statistics as `action_config[robot_type]`, and the dtype the
     starting weights were stored in (checkpoints are saved in it, so frozen weights stay exact)."""
     from xr0.checkpoint import load_checkpoint
-    from xr0.config import QWEN_SPECIAL_TOKENS, variant
+    from xr0.config import QWEN_SPECIAL_TOKENS, tiny_special_ids, variant
     from xr0.model import cast_parameters, create_model
     from xr0.processor import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, XR0Processor
-    from xr0.tokenizer import tiny_special_ids
 
     init = init or cfg.init
     horizon = cfg.data.horizon

@@ -3,6 +3,7 @@
     protocol     Protocol 2.0 framing, CRC, stuffing; status and hardware errors as sentences
     tables       X-series control tables and models
     bus          one chain on one port: motor check, registers, sync/bulk read, sync write, time budgets
+    config       `ArmConfig`: one chain in config.yaml (robot.arms.NAME)
     calibration  ticks <-> radians and gripper fraction, the versioned file, the `xr0 calibrate` steps
     arm          `DynamixelArm` (the `Arm` contract): connect/configure, read, write, hardware errors
     group        `ReadGroup`: every chain read at once, one thread per port

@@ -12,10 +12,10 @@ import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from drivers.arm import ArmConfig
 from drivers.clock import Clock
 from drivers.dynamixel.arm import DynamixelArm
 from drivers.dynamixel.calibration import Calibration
+from drivers.dynamixel.config import ArmConfig
 from drivers.dynamixel.emulated import emulate_arm, truth_calibration
 from drivers.dynamixel.emulator import BusEmulator
 from drivers.dynamixel.group import ReadGroup

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.arm import ArmConfig, JointSample, Role
+from drivers.arm import JointSample, Role
 from drivers.clock import Clock, WallClock
 from drivers.dynamixel import protocol as p
 from drivers.dynamixel.bus import BusError, DynamixelBus, PortLost
 from drivers.dynamixel.calibration import JOINT_LABELS, Calibration
+from drivers.dynamixel.config import ArmConfig
 from drivers.dynamixel.tables import CURRENT_BASED_POSITION, MODELS, POSITION, STATE_BLOCK
 from drivers.errors import DeviceError
 from drivers.joints import ARM_DOF

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.arm import ArmConfig
 from drivers.dynamixel.calibration import Calibration, Step
+from drivers.dynamixel.config import ArmConfig
 from drivers.dynamixel.emulator import BusEmulator
 from drivers.dynamixel.tables import RAD_PER_TICK, TICKS_PER_REV
 from drivers.joints import ARM_DOF

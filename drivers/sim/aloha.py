@@ -49,6 +49,11 @@ MAX_REWARD = 4  # the task stage that means "done" (gym-aloha's max_reward)
 # Seeds from here on are held out for evaluation (rollout, eval, the demo): recordings start at
 # `robot.sim.seed` (0) and each store continues upwards, so demonstrations and evaluations never share one.
 EVAL_SEED_START = 10_000
+# Each task's stages by number (gym-aloha's reward 1..4), for reports and plots.
+STAGE_NAMES = {
+    "transfer_cube": ("touch", "lift", "hand-over", "transfer"),
+    "insertion": ("grasp both", "lift both", "peg in socket", "insert"),
+}
 # gym-aloha's normalisation of the follower ("puppet") gripper: the left finger's slide, m, at fraction 0
 # and 1 (gym_aloha/constants.py PUPPET_GRIPPER_POSITION_CLOSE / _OPEN, the same as ACT's constants.py).
 PUPPET_GRIPPER_POSITION_CLOSE = 0.01844

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from app.compose import build_sim_rig
-from app.config import AppConfig, load_config
-from app.events import Publisher, StepEvent
-from app.rollout import RolloutSession
-from app.runner import PolicyRunner
-from app.scripted_policy import ScriptedChunkPolicy
+from app.compose.config import AppConfig, load_config
+from app.compose.rig import build_sim_rig
+from app.runtime.events import Publisher, StepEvent
+from app.runtime.rollout import RolloutSession
+from app.runtime.runner import PolicyRunner
+from app.runtime.scripted import ScriptedChunkPolicy
 from drivers.clock import SimClock
 
 SMALL = """

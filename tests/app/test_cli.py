@@ -1,12 +1,12 @@
-"""The command line, run in-process through `app.cli.main` on the real simulator."""
+"""The command line, run in-process through `app.cli.main.main` on the real simulator."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from app.bench import BENCHES
-from app.cli import COMMANDS, main
+from app.cli.commands.bench import BENCHES
+from app.cli.main import COMMANDS, main
 
 ALL_COMMANDS = [
     "doctor", "cameras", "teleop", "record", "replay", "dataset", "train", "serve",

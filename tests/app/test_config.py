@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import DEFAULT_CONFIG, AppConfig, load_config
-from app.configload import ConfigError
+from app.compose.config import DEFAULT_CONFIG, AppConfig, load_config
+from app.compose.configload import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from app.doctor import (
+from app.cli.commands.doctor import (
     Check,
     check_disk,
     check_egl,

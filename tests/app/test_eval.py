@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.cli import main
-from app.config import load_config
-from app.eval import evaluate_seeds, wilson
-from app.policy_server import PolicyServer
-from app.replay_policy import ReplayPolicy
+from app.cli.evaluation import evaluate_seeds
+from app.cli.main import main
+from app.compose.config import load_config
+from app.runtime.eval import wilson
+from app.runtime.replay_policy import ReplayPolicy
+from app.serving.server import PolicyServer
 from drivers.joints import JOINT_NAMES
 from drivers.sim.aloha import EVAL_SEED_START
 from recording.reader import EpisodeStore
@@ -257,7 +258,7 @@ def test_ctrl_c_writes_the_partial_report(config_path, tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "app.cli", "eval", "--config", str(config_path), "--policy", "scripted"]
+    cmd = [sys.executable, "-m", "app.cli.main", "eval", "--config", str(config_path), "--policy", "scripted"]
     # enough episodes that the signal always lands mid-run (a scripted episode takes ~0.3 s here)
     cmd += ["--episodes", "300", "--jobs", "1", "--videos", "0", "--out", str(out)]
     env = dict(os.environ, MUJOCO_GL="egl", PYTHONUNBUFFERED="1")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import CliError
-from app.hub import check_repo_id, model_card, push_checkpoint, push_dataset
+from app.errors import UserError
+from app.interop.hub import check_repo_id, model_card, push_checkpoint, push_dataset
 from tests.app.test_eval import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def xr0(*argv: str, tmp_path: Path) -> subprocess.CompletedProcess:
         "HF_TOKEN": "hf_test_token_not_real",
     }
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *argv],
+        [sys.executable, "-m", "app.cli.main", *argv],
         capture_output=True,
         text=True,
         env=env,
@@ -40,7 +40,7 @@ def xr0(*argv: str, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_repo_ids_the_hub_would_reject_are_refused_before_any_upload():
     assert check_repo_id("lab/cube-policy_v2") == "lab/cube-policy_v2"
     for bad in ("cube-policy", "lab/cube policy", "lab/-cube", "a/b/c"):
-        with pytest.raises(CliError, match="--repo-id"):
+        with pytest.raises(UserError, match="--repo-id"):
             check_repo_id(bad)
 
 
@@ -54,12 +54,12 @@ def test_the_model_card_states_the_deployment_contract(tmp_path):
 
 def test_diagnostic_checkpoints_and_unfinished_stores_are_not_pushed(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "priv", privileged=("object_start",))
-    with pytest.raises(CliError, match="privileged simulator inputs"):
+    with pytest.raises(UserError, match="privileged simulator inputs"):
         push_checkpoint(ckpt, "lab/cube", api=object())  # refused before the client is used
-    with pytest.raises(CliError, match="no config.json"):
+    with pytest.raises(UserError, match="no config.json"):
         push_checkpoint(tmp_path, "lab/cube", api=object())
     (tmp_path / "plain").mkdir()
-    with pytest.raises(CliError, match="not a Zarr store"):
+    with pytest.raises(UserError, match="not a Zarr store"):
         push_dataset(tmp_path / "plain", "lab/data", api=object())
 
 

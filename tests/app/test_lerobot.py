@@ -8,8 +8,8 @@ environment (~8 GB, ~3 min, cached in ~/.cache/xr0-workstation); later runs take
 import numpy as np
 import pytest
 
-from app.cli import main
-from app.lerobot_env import run_bridge
+from app.cli.main import main
+from app.interop.lerobot_env import run_bridge
 from recording.reader import EpisodeStore
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.cli import main
-from app.compose import build_rig
-from app.config import load_config
-from app.record import RecordPlan, record
+from app.cli.main import main
+from app.cli.recording import RecordPlan, record
+from app.compose.config import load_config
+from app.compose.rig import build_rig
 from drivers.errors import DeviceError
 from drivers.joints import JOINT_NAMES
 from recording.integrity import validate

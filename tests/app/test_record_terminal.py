@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.terminal import NEXT, QUIT, RERECORD, parse_keys
+from app.runtime.terminal import NEXT, QUIT, RERECORD, parse_keys
 from recording.integrity import validate
 from recording.reader import EpisodeStore
 
@@ -42,7 +42,7 @@ class Terminal:
         self.master, slave = pty.openpty()
         env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONPATH": str(ROOT), "TERM": "xterm"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *argv],
+            [sys.executable, "-m", "app.cli.main", *argv],
             cwd=ROOT,
             env=env,
             stdin=slave,
@@ -174,7 +174,7 @@ def test_ctrl_c_ends_the_open_episode_cleanly(tmp_path, config):
 
 
 def test_the_writer_line_tells_back_pressure_from_falling_behind():
-    from app.record import writer_line
+    from app.cli.commands.record import writer_line
 
     assert "nothing lost" in writer_line(True, 90, 90, 0)  # the simulator waits for the writer
     assert writer_line(False, 3, 90, 0) == "writer: kept up (queue peak 3/90)"

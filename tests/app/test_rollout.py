@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from app import rollout
-from app.cli import add_common, main
-from app.config import load_config
-from app.errors import CliError
+from app.cli.commands import rollout
+from app.cli.main import main
+from app.cli.parsing import add_common
+from app.compose.config import load_config
+from app.errors import UserError
 from drivers.sim.aloha import EVAL_SEED_START
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +49,7 @@ def test_parse_duration():
     assert rollout.parse_duration("90s") == 90
     assert rollout.parse_duration("12.5") == 12.5
     for bad in ("", "5x", "m", "10 minutes"):
-        with pytest.raises(CliError, match="--duration"):
+        with pytest.raises(UserError, match="--duration"):
             rollout.parse_duration(bad)
 
 
@@ -80,15 +81,17 @@ def test_rollout_seed_overrides_the_held_out_start(config_path, tmp_path, capsys
 
 
 def test_rollout_policy_sources_fail_clearly(config_path, tmp_path):
-    with pytest.raises(CliError, match="no such checkpoint"):
+    with pytest.raises(UserError, match="no such checkpoint"):
         rollout_cli(["--policy", str(tmp_path / "missing"), "--duration", "1s"], config_path)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    with pytest.raises(CliError, match=f"--policy {ckpt}: .*config.json"):  # an empty folder is no checkpoint
+    with pytest.raises(
+        UserError, match=f"--policy {ckpt}: .*config.json"
+    ):  # an empty folder is no checkpoint
         rollout_cli(["--policy", str(ckpt), "--duration", "1s"], config_path)
-    with pytest.raises(CliError, match="could not reach the policy server"):
+    with pytest.raises(UserError, match="could not reach the policy server"):
         rollout_cli(["--policy", "ws://127.0.0.1:9", "--duration", "1s"], config_path)
-    with pytest.raises(CliError, match="cannot create dataset .* does not exist"):
+    with pytest.raises(UserError, match="cannot create dataset .* does not exist"):
         rollout_cli(["--record", str(tmp_path / "no" / "x.zarr"), "--duration", "1s"], config_path)
 
 
@@ -103,7 +106,7 @@ def test_serve_then_roll_out(config_path, tmp_path, capsys):
     port = free_port()
     env = dict(os.environ, XR0_POLICY_TOKEN="t0ken", MUJOCO_GL="egl")
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--config", str(config_path), "--policy", "hold",
+        [sys.executable, "-m", "app.cli.main", "serve", "--config", str(config_path), "--policy", "hold",
          "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

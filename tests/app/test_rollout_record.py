@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from rerun.chunk import RrdReader
 
-from app.cli import main
+from app.cli.main import main
 from recording.reader import EpisodeStore
 
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from app.runner import PolicyRunner
-from app.scripted_policy import HoldPolicy
+from app.runtime.runner import PolicyRunner
+from app.runtime.scripted import HoldPolicy
 from drivers.camera import Frame
 from tests.app.runner_helpers import check_commitments, scripted_session, small_config
 from xr0.boundary import Chunk
@@ -90,7 +90,7 @@ def test_broken_chunks_are_rejected_and_the_arms_hold(tmp_path, caplog):
     cfg = small_config(tmp_path)
     faults = {2: "nan", 3: "range", 4: "shape", 5: "raise"}
     rig, runner, session, log = scripted_session(cfg, make_policy=lambda s: FaultyPolicy(s, faults))
-    with caplog.at_level("DEBUG", logger="app.runner"):
+    with caplog.at_level("DEBUG", logger="app.runtime.runner"):
         report = session.run(6.0)
     rig.close()
     said = " ".join(r.getMessage() for r in caplog.records)
@@ -244,21 +244,21 @@ def test_pause_holds_and_resumes_from_a_fresh_request(tmp_path):
 
 
 def test_runner_refuses_a_policy_that_does_not_fit(tmp_path):
-    from app.compose import build_sim_rig
-    from app.errors import CliError
+    from app.compose.rig import build_sim_rig
+    from app.errors import UserError
 
     cfg = small_config(tmp_path)
     rig = build_sim_rig(cfg, [])
     try:
         p = HoldPolicy()
         p.spec = replace(p.spec, cameras=("cam_low",))
-        with pytest.raises(CliError, match="cam_low"):
+        with pytest.raises(UserError, match="cam_low"):
             PolicyRunner(rig.robot, rig.clock, p, cfg.policy, 30.0)
         p.spec = replace(p.spec, cameras=(), fps=50.0)
-        with pytest.raises(CliError, match="50 Hz"):
+        with pytest.raises(UserError, match="50 Hz"):
             PolicyRunner(rig.robot, rig.clock, p, cfg.policy, 30.0)
         p.spec = replace(p.spec, fps=30.0, max_prefix=0)
-        with pytest.raises(CliError, match="prefix"):
+        with pytest.raises(UserError, match="prefix"):
             PolicyRunner(rig.robot, rig.clock, p, cfg.policy, 30.0)
     finally:
         rig.close()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from app.schedule import ChunkScheduler, DelayEstimator, Switch
+from app.runtime.schedule import ChunkScheduler, DelayEstimator, Switch
 
 PERIOD_NS = 33_333_333
 T = 30

@@ -14,10 +14,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from app.policy_client import PolicyServerError, PolicyUnavailable, RemotePolicy
-from app.policy_server import PolicyServer
-from app.scripted_policy import HoldPolicy
-from app.wire import (
+from app.runtime.scripted import HoldPolicy
+from app.serving.client import PolicyServerError, PolicyUnavailable, RemotePolicy
+from app.serving.server import PolicyServer
+from app.serving.wire import (
     WireError,
     decode_array,
     decode_request,
@@ -317,7 +317,7 @@ def test_the_server_never_sends_a_chunk_it_would_not_execute():
 
 
 def test_serving_beyond_loopback_needs_a_token_from_a_file_or_the_environment(tmp_path, capsys, monkeypatch):
-    from app.cli import main
+    from app.cli.main import main
 
     monkeypatch.delenv("XR0_POLICY_TOKEN", raising=False)
     assert main(["serve", "--robot", "sim", "--policy", "hold", "--host", "0.0.0.0"]) == 1

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("pyrealsense2", reason="pyrealsense2 needs Debian's libusb-1.0-0")
 
-from app.compose import Rig  # noqa: E402
-from app.events import Publisher  # noqa: E402
-from app.teleop import TeleopSession  # noqa: E402
+from app.runtime.events import Publisher  # noqa: E402
+from app.runtime.rig import Rig  # noqa: E402
+from app.runtime.teleop import TeleopSession  # noqa: E402
 from drivers.camera import CameraConfig  # noqa: E402
 from drivers.clock import WallClock  # noqa: E402
 from drivers.joints import SIDES  # noqa: E402

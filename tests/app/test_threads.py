@@ -1,4 +1,4 @@
-"""The thread rule (app/threads.py): its arithmetic, the config key, and what a command applies."""
+"""The thread rule (app/runtime/threads.py): its arithmetic, the config key, and what a command applies."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 
-from app import threads
-from app.config import load_config
-from app.configload import ConfigError
-from app.threads import configure_command, configure_threads, decide_threads
+from app.compose.config import load_config
+from app.compose.configload import ConfigError
+from app.runtime import threads
+from app.runtime.threads import configure_command, configure_threads, decide_threads
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from rerun.chunk import RrdReader
 
-from app.compose import build_sim_rig
-from app.config import VizConfig, load_config
-from app.events import Publisher
-from app.teleop import TeleopSession
-from app.viz import SERIES, RerunLogger, Sink, VizError, resolve_sink, summary_png
+from app.compose.config import load_config
+from app.compose.rig import build_sim_rig
+from app.runtime.events import Publisher
+from app.runtime.teleop import TeleopSession
+from app.viz.logger import SERIES, RerunLogger, Sink, VizConfig, VizError, resolve_sink
+from app.viz.plots import summary_png
 
 
 def columns(rrd: Path) -> dict[str, list]:
@@ -256,7 +257,7 @@ def test_summary_png_has_the_expected_size(tmp_path):
 def test_summary_figure_without_successes_starts_its_axis_at_zero_and_states_the_facts():
     import matplotlib.pyplot as plt
 
-    from app.viz import summary_figure
+    from app.viz.plots import summary_figure
 
     fig = summary_figure(120.0, [], [40.0, 50.0], {"policy": "…/run/checkpoints/step-001500 (step 1500)"})
     throughput, _, facts = fig.axes

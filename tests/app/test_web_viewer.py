@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 
 def record_rollout(folder: Path, seconds: str = "8s") -> Path:
-    from app.cli import main
+    from app.cli.main import main
 
     cfg = folder / "config.yaml"
     cfg.write_text(CONFIG)

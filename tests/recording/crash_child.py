@@ -24,7 +24,7 @@ class Journal:
         self.episode = e.episode if e.kind == "start" else None
 
     def on_step(self, e) -> None:
-        from app.record import step_from_event
+        from app.runtime.recorder import step_from_event
         from tests.recording.synthetic import stored_checksum
 
         if self.episode is not None:
@@ -36,8 +36,8 @@ class Journal:
 
 
 def main(store: str, journal: str, config_file: str) -> None:
-    from app.config import load_config
-    from app.record import RecordPlan, record
+    from app.cli.recording import RecordPlan, record
+    from app.compose.config import load_config
     from drivers.joints import JOINT_NAMES
     from recording.schema import StoreSpec
 

@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 from tests.xr0.conftest import libero_stats
 from tests.xr0.official_layout import TINY, official_shapes
 from xr0.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from xr0.config import tiny_special_ids
 from xr0.flow import sample_actions
-from xr0.tokenizer import build_tokenizer, tiny_special_ids
+from xr0.tokenizer import build_tokenizer
 
 
 def official_config() -> dict:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from app.cli import main
+from app.cli.main import main
 from tests.xr0.test_data import CAMS, make_store
 from xr0.checkpoint import load_checkpoint, save_checkpoint
 from xr0.config import variant

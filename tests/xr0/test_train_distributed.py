@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from app.cli import main
+from app.cli.main import main
 from tests.xr0.test_train import ROOT, cli_args
 from xr0.train_state import read_jsonl
 

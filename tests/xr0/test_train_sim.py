@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from app.cli import main
+from app.cli.main import main
 from recording.reader import EpisodeStore
 from xr0.boundary import PolicyObservation
 from xr0.checkpoint import load_checkpoint

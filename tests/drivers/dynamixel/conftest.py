@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from drivers.arm import ArmConfig
 from drivers.dynamixel.arm import DynamixelArm
+from drivers.dynamixel.config import ArmConfig
 from drivers.dynamixel.emulated import emulate_arm, truth_calibration
 
 # The config.yaml defaults: a ViperX 300 6DOF follower and a WidowX 250 6DOF leader.

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.cli import main
-from app.config import DEFAULT_CONFIG, load_config
+from app.cli.main import main
+from app.compose.config import DEFAULT_CONFIG, load_config
 from drivers.dynamixel.calibration import Calibration
 from drivers.dynamixel.emulated import truth_calibration
 

@@ -6,10 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from app.compose import build_rig
-from app.config import load_config
-from app.events import Publisher
-from app.teleop import TeleopSession
+from app.compose.config import load_config
+from app.compose.rig import build_rig
+from app.runtime.events import Publisher
+from app.runtime.teleop import TeleopSession
 from drivers.dynamixel.group import ReadGroup
 from drivers.errors import DeviceError
 

@@ -1,0 +1,1 @@
+"""One module per `xr0` command: `add_arguments(parser)` and `run(args, config) -> int`."""
