@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from app.errors import UserError
+from app.runtime.episodes import percentiles
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the model's, 5)")
     p.add_argument("--iters", type=int, default=30, help="timed chunks")
     p.add_argument("--warmup", type=int, default=3, help="untimed chunks first")
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p99": round(float(np.percentile(a, 99)), 2)}
 
 
 def build_policy(variant_name: str, checkpoint: str | None, device: str, dtype_name: str, chunk: int):
@@ -128,7 +124,7 @@ def bench(args, config) -> dict:
         "prefix": args.prefix,
         "steps": args.steps or policy.model.config.num_steps,
         "iters": args.iters,
-        **{f"{k}_ms": _percentiles(v) for k, v in timings.items()},
+        **{f"{k}_ms": percentiles(v, digits=2) for k, v in timings.items()},
         "build_s": round(build_s, 1),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from app.compose.config import AppConfig
+from app.runtime.episodes import percentiles
 from app.runtime.events import EpisodeEvent, Publisher, StepEvent
 from drivers.camera import CameraConfig
 from drivers.clock import Rate, WallClock
@@ -135,14 +136,6 @@ def throughput(config: AppConfig, frames: list[Observation], root: Path, steps: 
     }
 
 
-def _percentiles(values_ms: np.ndarray) -> dict:
-    return {
-        "p50": round(float(np.percentile(values_ms, 50)), 3),
-        "p99": round(float(np.percentile(values_ms, 99)), 3),
-        "max": round(float(values_ms.max()), 3),
-    }
-
-
 def realtime_loop(
     config: AppConfig,
     frames: list[Observation],
@@ -192,8 +185,8 @@ def realtime_loop(
         "seconds": seconds,
         "ticks": n,
         "skipped_ticks": rate.skipped_total,
-        "lateness_ms": _percentiles(lat[recording]),
-        "publish_ms": _percentiles(publish_ns[recording] / 1e6),
+        "lateness_ms": percentiles(lat[recording]),
+        "publish_ms": percentiles(publish_ns[recording] / 1e6),
         "dropped_steps": recorder.refused_steps,
         "overflows": recorder.overflows,
         "queue_peak": recorder.max_depth,
@@ -203,7 +196,7 @@ def realtime_loop(
     }
     if ab_block_s:
         out["block_s"] = ab_block_s
-        out["lateness_off_ms"] = _percentiles(lat[~recording])
+        out["lateness_off_ms"] = percentiles(lat[~recording])
         out["p99_increase_ms"] = round(out["lateness_ms"]["p99"] - out["lateness_off_ms"]["p99"], 3)
     return out
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.runtime.episodes import percentiles, reset_world
 from app.runtime.rig import Rig
 from app.runtime.runner import PolicyConfig
 from drivers.sim.aloha import STAGE_NAMES, StageTracker
@@ -85,10 +86,7 @@ def run_episode(
         rig.robot, rig.clock, policy, config, fps, publisher, privileged=sim_privileged(rig.sim, fps)
     )
     runner.restart(0)
-    rig.sim.reset(seed)
-    if rig.teleop is not None:
-        rig.teleop.reset()
-    rig.robot.rebase()
+    reset_world(rig, seed)
     publisher.episode(EpisodeEvent(0, "start", rig.clock.now_ns(), seed=seed))
     safety = rig.robot.safety
     clamps0 = _clamps(safety)
@@ -227,16 +225,9 @@ def summarize(results: list[EpisodeResult], fps: float, task: str) -> dict:
             for key in ("requested", "used", "rejected", "errors", "prefix_mismatches", "starvations")
         },
         "clamps": sum(r.clamps for r in ran),
-        "latency_ms": _percentiles(latency),
+        "latency_ms": percentiles(latency, digits=2),
         "reasons": _count(r.reason.split(":")[0] for r in results),
     }
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    p50, p99 = np.percentile(values, [50, 99])
-    return {"p50": round(float(p50), 2), "p99": round(float(p99), 2), "max": round(float(max(values)), 2)}
 
 
 def _count(items) -> dict[str, int]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.runtime import terminal as keys
+from app.runtime.episodes import percentiles, reset_world
 from app.runtime.events import EpisodeEvent, Publisher
 from app.runtime.rig import Rig
 from app.runtime.teleop import teleop_step
@@ -135,12 +136,9 @@ class RecordSession:
                     break
                 if rig.sim is not None:
                     if attempt == 0:
-                        rig.sim.reset(rig.sim.seed if self.first_seed is None else self.first_seed)
+                        reset_world(rig, rig.sim.seed if self.first_seed is None else self.first_seed)
                     else:
-                        rig.sim.reset(rig.sim.seed if rerecord else None)
-                    if rig.teleop is not None:
-                        rig.teleop.reset()
-                    rig.robot.rebase()
+                        reset_world(rig, rig.sim.seed if rerecord else None)
                 outcome = self._episode(kept, episodes, seconds)
                 attempt += 1
                 rerecord = outcome == keys.RERECORD
@@ -157,12 +155,7 @@ class RecordSession:
                 self._end_episode(None, {"discard": not commit, "interrupted": True, "outcome": "error"})
             self.console.clear_status()
         self.report.wall_s = time.perf_counter() - wall0
-        if self._lateness:
-            lat = np.array(self._lateness) / 1e6
-            self.report.lateness_ms = {
-                "p50": float(np.percentile(lat, 50)),
-                "p99": float(np.percentile(lat, 99)),
-            }
+        self.report.lateness_ms = percentiles(self._lateness, 1e-6)  # the last 300 ticks
         self.report.quit = self.quit
         return self.report
 

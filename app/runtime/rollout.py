@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.runtime.episodes import percentiles, reset_world
 from app.runtime.events import EpisodeEvent, Publisher
 from app.runtime.rig import Rig
 from app.runtime.runner import PolicyRunner
@@ -76,17 +77,6 @@ class RolloutReport:
         return [e.end_tick / fps for e in self.episodes if e.success]
 
 
-def _percentiles(values: list[float], scale: float = 1.0) -> dict[str, float]:
-    if not values:
-        return {}
-    a = np.asarray(values, dtype=np.float64) * scale
-    return {
-        "p50": round(float(np.percentile(a, 50)), 3),
-        "p99": round(float(np.percentile(a, 99)), 3),
-        "max": round(float(a.max()), 3),
-    }
-
-
 class RolloutSession:
     """Episodes of a policy on a rig: judging (sim: automatic; keys: the operator), resets, the summary."""
 
@@ -114,7 +104,7 @@ class RolloutSession:
         self._commands: list[str] = []
         self._lock = threading.Lock()
         self._current: EpisodeOutcome | None = None
-        self._success_ticks: list[int] = []
+        self.success_ticks: list[int] = []  # the tick of each success (the status line and the summary)
 
     # -- operator commands (any thread) -----------------------------------------------------------------------
     def press(self, command: str) -> None:
@@ -170,12 +160,8 @@ class RolloutSession:
         if rig.sim is not None:
             self.runner.restart(index)  # no inference may overlap the world's reset
             first = rig.sim.seed if self.first_seed is None else self.first_seed
-            rig.sim.reset(None if index else first)
-            seed = rig.sim.seed
+            seed = reset_world(rig, None if index else first)
             self.stages.reset()
-            if rig.teleop is not None:
-                rig.teleop.reset()
-            rig.robot.rebase()
         else:
             self.runner.episode = index  # hardware: an episode boundary; the policy goes on
         self._current = EpisodeOutcome(index, tick, tick, seed)
@@ -187,7 +173,7 @@ class RolloutSession:
             return
         ep.end_tick, ep.success, ep.reason = tick, success, reason
         if success:
-            self._success_ticks.append(tick)
+            self.success_ticks.append(tick)
         self.episodes.append(ep)
         self._current = None
         info = {"reason": reason}
@@ -230,7 +216,7 @@ class RolloutSession:
         control_s = ticks * dt
         minutes = max(1, int(np.ceil(control_s / 60.0)))
         buckets = [0] * minutes
-        for k in self._success_ticks:
+        for k in self.success_ticks:
             buckets[min(minutes - 1, int(k * dt // 60))] += 1
         judged = [e.success for e in self.episodes if e.success is not None]
         safety = runner.robot.safety.counters.as_dict() if runner.robot.safety else {}
@@ -261,16 +247,16 @@ class RolloutSession:
             control_s=round(control_s, 3),
             wall_s=round(wall_s, 3),
             stopped_by=self.stopped_by,
-            tasks=len(self._success_ticks),
-            tasks_per_min=round(len(self._success_ticks) / (control_s / 60.0), 3) if control_s else 0.0,
+            tasks=len(self.success_ticks),
+            tasks_per_min=round(len(self.success_ticks) / (control_s / 60.0), 3) if control_s else 0.0,
             tasks_per_minute_bucket=buckets,
             success_rate=round(sum(judged) / len(judged), 3) if judged else None,
-            inference_ms=_percentiles(st.inference_ms),
+            inference_ms=percentiles(st.inference_ms),
             delay_ticks=dict(sorted(Counter(st.delay_ticks).items())),
             chunks=runner.scheduler.counters.as_dict(),
             runner=stats,
             safety=safety,
-            lateness_ms=_percentiles(st.lateness_ns, 1e-6),
+            lateness_ms=percentiles(st.lateness_ns, 1e-6),
         )
 
 
@@ -278,7 +264,7 @@ def status_text(session: RolloutSession) -> str:
     runner, st = session.runner, session.runner.stats
     k = st.ticks
     minutes = k / session.fps / 60.0
-    tasks = len(session._success_ticks)
+    tasks = len(session.success_ticks)
     rate = tasks / minutes if minutes > 0 else 0.0
     lat = st.inference_ms[-50:]
     late = runner.scheduler.counters.late + runner.scheduler.counters.late_discarded

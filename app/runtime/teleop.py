@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.runtime.episodes import percentiles, reset_world
 from app.runtime.events import EpisodeEvent, Publisher, StepEvent
 from app.runtime.rig import Rig
 from drivers.clock import Clock, Rate, Tick
@@ -155,13 +156,7 @@ class TeleopSession:
             for ep in range(episodes):
                 if self.stop.is_set():
                     break
-                seed = None
-                if sim is not None:
-                    sim.reset(None if ep else sim.seed)
-                    seed = sim.seed
-                    if self.rig.teleop is not None:
-                        self.rig.teleop.reset()
-                    robot.rebase()
+                seed = reset_world(self.rig, None if ep or sim is None else sim.seed)
                 self.publisher.episode(EpisodeEvent(ep, "start", clock.now_ns(), seed=seed))
                 summary = EpisodeSummary(index=ep, ticks=0, seed=seed, max_stage=0 if sim else None)
                 stages = StageTracker(sim) if sim is not None else None
@@ -215,12 +210,6 @@ class TeleopSession:
         report.ticks = tick_index
         report.stopped_by = self.stopped_by
         report.wall_s = time.perf_counter() - wall0
-        if lateness:
-            lat = np.array(lateness) / 1e6
-            report.lateness_ms = {
-                "p50": float(np.percentile(lat, 50)),
-                "p99": float(np.percentile(lat, 99)),
-                "max": float(lat.max()),
-            }
+        report.lateness_ms = percentiles(lateness, 1e-6)
         report.section_ms = {k: float(np.mean(v)) for k, v in sections.items() if v}
         return report

@@ -16,6 +16,7 @@ import numpy as np
 
 from app.compose.config import AppConfig
 from app.errors import UserError
+from app.runtime.episodes import reset_world
 from drivers.clock import Rate
 from drivers.sim.aloha import StageTracker
 
@@ -65,8 +66,7 @@ def replay(config: AppConfig, path: Path, episode: int | None) -> ReplayReport:
     try:
         with robot:
             if rig.sim is not None:
-                rig.sim.reset(rig.sim.seed)
-                robot.rebase()
+                reset_world(rig, rig.sim.seed)
             rate = Rate(clock, store.fps)
             for t, action in enumerate(actions):
                 rate.wait()
