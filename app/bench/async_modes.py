@@ -13,6 +13,7 @@ and `jump_ratio` (async-naive's largest step over async's).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from dataclasses import replace
@@ -25,7 +26,7 @@ from app.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def add_bench_arguments(p) -> None:
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=2.0, help="control time per mode (simulated), minutes")
     p.add_argument("--latency-ms", type=float, default=80.0, help="injected inference latency, ms")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="latency drawn uniformly in latency ± jitter")
@@ -74,7 +75,7 @@ def run_mode(config: AppConfig, mode: str, seconds: float, late: str = "accept")
     }
 
 
-def bench(args, config: AppConfig) -> dict:
+def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     from app.bench import machine
 
     lo, hi = args.latency_ms - args.jitter_ms, args.latency_ms + args.jitter_ms

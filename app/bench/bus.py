@@ -13,6 +13,7 @@ parallel (one thread per port, as `ReadGroup` does).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import multiprocessing
 import time
@@ -175,7 +176,7 @@ def _bench_chains(arm: ArmConfig, baud: int, emulator: str, n: int, cycles: int)
 
 
 # -- command line: `xr0 bench bus` --------------------------------------------------------------------------
-def add_bench_arguments(p) -> None:
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cycles", type=int, default=1000, help="timed read+write cycles")
     p.add_argument("--baudrate", type=int, default=None, help="default: robot.arms.left_follower.baudrate")
     p.add_argument(
@@ -189,7 +190,7 @@ def add_bench_arguments(p) -> None:
     )
 
 
-def bench(args, config: AppConfig) -> dict:
+def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     return bench_bus(
         config, cycles=args.cycles, baudrate=args.baudrate, emulator=args.emulator, chains=args.chains
     )

@@ -9,6 +9,7 @@ feeder's and consumers' own, divided by the frames delivered.
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 
@@ -21,7 +22,7 @@ from drivers.clock import NS_PER_S, Rate, WallClock
 from drivers.errors import DeviceError
 
 
-def add_bench_arguments(p) -> None:
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="how long to stream")
     p.add_argument("--cameras", type=int, default=3, help="number of virtual cameras")
     p.add_argument("--width", type=int, default=640)
@@ -29,7 +30,7 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--fps", type=int, default=30)
 
 
-def bench(args, config: AppConfig) -> dict:
+def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     from drivers.realsense import RealSenseCamera
     from drivers.realsense_virtual import VirtualRealSense
 

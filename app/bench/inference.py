@@ -7,6 +7,7 @@ random-weight model of the chosen variant (latency does not depend on the weight
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from dataclasses import replace
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 
 
-def add_bench_arguments(p) -> None:
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="tiny", help="model variant with random weights: tiny | full")
     p.add_argument(
         "--checkpoint", default=None, help="time a checkpoint directory instead of a random variant"
@@ -75,7 +76,7 @@ def build_policy(variant_name: str, checkpoint: str | None, device: str, dtype_n
     return XR0Policy(model, processor, XR0PolicyConfig())
 
 
-def bench(args, config) -> dict:
+def bench(args: argparse.Namespace, config) -> dict:
     import torch
     import transformers
 

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 
 
-def add_bench_arguments(p) -> None:
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, help="an existing store (default: synthesize one)")
     p.add_argument("--episodes", type=int, default=4, help="synthetic episodes")
     p.add_argument("--episode-steps", type=int, default=150, help="steps per synthetic episode")
@@ -217,7 +217,7 @@ def _lerobot(path, export_dir, fmt: str, samples: int, horizon: int, workers: in
     return out
 
 
-def bench(args, config) -> dict:
+def bench(args: argparse.Namespace, config) -> dict:
     import shutil
     import tempfile
     from pathlib import Path

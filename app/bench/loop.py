@@ -10,6 +10,7 @@ iteration, the pacing LeRobot's loops use. For both: lateness against the ideal 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
 import time
@@ -94,7 +95,7 @@ class TinyTorchPolicy:
         return Chunk(actions, timing_ms={"total": (time.perf_counter() - t0) * 1e3})
 
 
-def add_bench_arguments(p) -> None:
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="duration of each run (the target: 600)")
     p.add_argument("--no-inference", action="store_true", help="run the loop without the model")
     p.add_argument("--no-record", action="store_true", help="run the loop without the recorder")
@@ -172,7 +173,7 @@ def run_once(
     }
 
 
-def bench(args, config: AppConfig) -> dict:
+def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     from app.bench import machine
 
     if args.cameras < 0 or args.cameras > len(config.cameras):

@@ -14,6 +14,7 @@ cycled, so the store sees realistic images without the renderer competing for th
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 
 
-def add_bench_arguments(p) -> None:
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seconds", type=float, default=60.0, help="sustained real-time run with recording (issue: 600)"
     )
@@ -227,7 +228,7 @@ def quality_and_reads(path: Path, frames: list[Observation], seconds: float = 5.
     return {"psnr_db": psnr, "samples_per_s": round(n / (time.perf_counter() - t0), 1), "samples": n}
 
 
-def bench(args, config: AppConfig) -> dict:
+def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     from app.bench import machine
     from recording.recorder import Recorder
 

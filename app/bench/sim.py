@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from dataclasses import replace
@@ -63,12 +64,12 @@ def bench_sim(
     return result
 
 
-def add_bench_arguments(p) -> None:
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ticks", type=int, default=150, help="control ticks timed per camera setting")
     p.add_argument("--seeds", type=int, default=50, help="scripted episodes for the success rate (0: skip)")
     p.add_argument("--width", type=int, default=320, help="camera width in pixels")
     p.add_argument("--height", type=int, default=240, help="camera height in pixels")
 
 
-def bench(args, config: AppConfig) -> dict:
+def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     return bench_sim(config, ticks=args.ticks, seeds=args.seeds, width=args.width, height=args.height)

@@ -9,6 +9,7 @@ values). `tiny` runs on a CPU; `full` needs a CUDA GPU (bf16 autocast, fp32 mast
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 LABELS = ("Ego View", "Left-Wrist View", "Right-Wrist View")
 
 
-def add_bench_arguments(p) -> None:
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="tiny", choices=("tiny", "full"), help="model with random weights")
     p.add_argument("--modes", nargs="+", default=["frozen-vlm", "full"], choices=("frozen-vlm", "full"))
     p.add_argument("--batch-size", type=int, default=8, help="samples per step")
@@ -54,7 +55,7 @@ def _batch(processor, batch: int, views: int, height: int, width: int, seed: int
     return processor.collate(samples)
 
 
-def _measure(args, mode: str, device) -> dict:
+def _measure(args: argparse.Namespace, mode: str, device) -> dict:
     import torch
 
     from xr0.config import QWEN_SPECIAL_TOKENS, tiny_special_ids, variant
@@ -134,7 +135,7 @@ def _measure(args, mode: str, device) -> dict:
     return out
 
 
-def bench(args, config) -> dict:
+def bench(args: argparse.Namespace, config) -> dict:
     import resource
 
     import torch

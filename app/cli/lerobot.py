@@ -6,13 +6,14 @@ The work happens in `recording.lerobot_bridge`, inside the isolated LeRobot envi
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from app.compose.config import AppConfig
 from app.errors import UserError
 
 
-def add_export_arguments(p) -> None:
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="our Zarr store to export (datasets/NAME.zarr)")
     p.add_argument("--out", required=True, help="new folder for the LeRobot dataset")
     p.add_argument("--repo-id", required=True, help="the dataset's id, user/name (nothing is uploaded)")
@@ -22,7 +23,7 @@ def add_export_arguments(p) -> None:
     p.set_defaults(images=False)  # videos, LeRobot's usual format (two actions share `images`: say it once)
 
 
-def add_import_arguments(p) -> None:
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--src", required=True, help="a LeRobot dataset folder (or its local hub-cache snapshot)")
     p.add_argument("--out", required=True, help="the new Zarr store to write (datasets/NAME.zarr)")
     p.add_argument("--repo-id", default=None, help="the dataset's id, if you know it")
@@ -39,7 +40,7 @@ def _resolve(config: AppConfig, path: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def export_lerobot(args, config: AppConfig) -> int:
+def export_lerobot(args: argparse.Namespace, config: AppConfig) -> int:
     from app.interop.hub import check_repo_id
     from app.interop.lerobot_env import run_bridge
 
@@ -60,7 +61,7 @@ def export_lerobot(args, config: AppConfig) -> int:
     return 0
 
 
-def import_lerobot(args, config: AppConfig) -> int:
+def import_lerobot(args: argparse.Namespace, config: AppConfig) -> int:
     from app.interop.lerobot_env import run_bridge
 
     src, out = _resolve(config, args.src), _resolve(config, args.out)

@@ -6,6 +6,7 @@ module has `add_bench_arguments(parser)` and `bench(args, config) -> dict`.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import logging
@@ -32,7 +33,7 @@ BENCHES: dict[str, tuple[str, str]] = {
 }
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     from app.cli.parsing import add_common
 
     sub = p.add_subparsers(dest="bench", metavar="{" + ",".join(BENCHES) + "}", required=True)
@@ -43,7 +44,7 @@ def add_arguments(p) -> None:
             importlib.import_module(module_name).add_bench_arguments(b)
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     _, module_name = BENCHES[args.bench]
     result = importlib.import_module(module_name).bench(args, config)
     print(json.dumps(result))

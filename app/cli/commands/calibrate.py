@@ -12,6 +12,7 @@ written to the `emulated/` folder beside the real files, so rehearsing never ove
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -128,7 +129,7 @@ def describe(calibration: Calibration) -> str:
 
 
 # -- command line: `xr0 calibrate` --------------------------------------------------------------------------
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--arm",
         action="append",
@@ -145,7 +146,7 @@ def add_arguments(p) -> None:
     )
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     if config.robot.type == "sim":
         raise UserError(
             "xr0 calibrate calibrates Dynamixel arms: use --robot aloha (or --robot aloha-emulated to rehearse); "

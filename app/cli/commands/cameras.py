@@ -5,6 +5,7 @@ The table from `cameras.<name>.type` to a driver class is `build_camera` in app/
 
 from __future__ import annotations
 
+import argparse
 import glob
 
 from app.compose.config import AppConfig
@@ -12,11 +13,11 @@ from drivers.errors import DeviceError
 
 
 # -- command line: `xr0 cameras` ---------------------------------------------------------------------------
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     from drivers.realsense import list_devices
 
     try:

@@ -33,7 +33,7 @@ SUBCOMMANDS = {
 }
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     from app.cli.parsing import add_common
 
     sub = p.add_subparsers(dest="sub", metavar="{" + ",".join(SUBCOMMANDS) + "}", required=True)
@@ -91,7 +91,7 @@ def add_arguments(p) -> None:
             )
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     from recording.schema import StoreError
 
     if args.sub in ("export-lerobot", "import-lerobot"):
@@ -119,7 +119,7 @@ def run(args, config: AppConfig) -> int:
         raise UserError(str(e)) from e
 
 
-def _named_dataset(args) -> str:
+def _named_dataset(args: argparse.Namespace) -> str:
     """--dataset, as every command names its store; a positional path still works, with a deprecation line."""
     if args.dataset and args.path:
         raise UserError(f"name the dataset once (got --dataset {args.dataset} and {args.path})")
@@ -191,7 +191,7 @@ def summary(path: Path) -> dict[str, Any]:
     }
 
 
-def _info(args, config: AppConfig, path: Path) -> int:
+def _info(args: argparse.Namespace, config: AppConfig, path: Path) -> int:
     s = summary(path)
     if args.json:
         print(json.dumps(s))
@@ -225,7 +225,7 @@ def _info(args, config: AppConfig, path: Path) -> int:
     return 0
 
 
-def _validate(args, config: AppConfig, path: Path) -> int:
+def _validate(args: argparse.Namespace, config: AppConfig, path: Path) -> int:
     from recording.integrity import validate
 
     report = validate(path, deep=args.deep)
@@ -248,7 +248,7 @@ def _validate(args, config: AppConfig, path: Path) -> int:
     return 1
 
 
-def _repair(args, config: AppConfig, path: Path) -> int:
+def _repair(args: argparse.Namespace, config: AppConfig, path: Path) -> int:
     from recording.integrity import repair
 
     report = repair(path, drop=args.drop)
@@ -265,7 +265,7 @@ def _repair(args, config: AppConfig, path: Path) -> int:
     return 1 if report.problems else 0
 
 
-def _stats(args, config: AppConfig, path: Path) -> int:
+def _stats(args: argparse.Namespace, config: AppConfig, path: Path) -> int:
     from recording.reader import EpisodeStore
     from recording.stats import compute_stats, write_stats
 
@@ -363,7 +363,7 @@ def _log_chunks(rec, store, episode: int) -> None:
         send_chunk(rec, "step", first, chunk, f"predicted/slot{int(ids[t]) % CHUNK_SLOTS}")
 
 
-def _view(args, config: AppConfig, path: Path) -> int:
+def _view(args: argparse.Namespace, config: AppConfig, path: Path) -> int:
     from app.viz.logger import Sink, VizError, resolve_sink
 
     fallback = Path.cwd() / "runs" / "view" / f"{path.stem}_episode_{args.episode or 0}.rrd"

@@ -19,6 +19,7 @@ CPU only, nothing downloaded.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -60,7 +61,7 @@ RECIPES = {
 }
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (tests, a first look)")
     size.add_argument(
@@ -123,7 +124,7 @@ def record_stage(config: AppConfig, path: Path, episodes: int) -> dict:
     }
 
 
-def train_stage(args, path: Path, out: Path, recipe: Recipe, budget_s: float) -> dict:
+def train_stage(args: argparse.Namespace, path: Path, out: Path, recipe: Recipe, budget_s: float) -> dict:
     """`xr0 train` in its own process, for a fixed number of steps; its speed is checked after a few."""
     argv = ["train", "--robot", "sim", "--dataset", str(path), "--variant", "tiny", "--mode", "full"]
     argv += [
@@ -195,7 +196,9 @@ def _watch_speed(proc: subprocess.Popen, metrics: Path, steps: int, budget_s: fl
             return
 
 
-def _serve(args, config: AppConfig, checkpoint: Path, jobs: int) -> tuple[subprocess.Popen, int]:
+def _serve(
+    args: argparse.Namespace, config: AppConfig, checkpoint: Path, jobs: int
+) -> tuple[subprocess.Popen, int]:
     """`xr0 serve` in its own process, its threads decided beside the `jobs` evaluation processes."""
     from app.runtime.threads import child_env
 
@@ -219,7 +222,9 @@ def _serve(args, config: AppConfig, checkpoint: Path, jobs: int) -> tuple[subpro
         time.sleep(0.3)
 
 
-def eval_stage(args, config: AppConfig, checkpoint: Path, out: Path, recipe: Recipe, jobs: int) -> dict:
+def eval_stage(
+    args: argparse.Namespace, config: AppConfig, checkpoint: Path, out: Path, recipe: Recipe, jobs: int
+) -> dict:
     """The learned policy over the wire, then the baselines (cached: they are deterministic)."""
     from app.cli.evaluation import run_eval
     from app.runtime.eval import summarize, write_report
@@ -276,7 +281,7 @@ def _dot(result, done: int, total: int) -> None:
     print("✓" if result.success else "·", end="" if done < total else f" {done}/{total}\n", flush=True)
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     if config.robot.type != "sim":
         raise UserError("xr0 demo runs on the simulator only (robot.type sim, or --robot sim)")
     name = "quick" if args.quick else ("full" if args.full else "default")

@@ -8,6 +8,7 @@ failed check, never raised, so one broken subsystem cannot hide the others.
 
 from __future__ import annotations
 
+import argparse
 import ctypes.util
 import grp
 import importlib
@@ -466,11 +467,11 @@ def exit_code(checks: Iterable[Check]) -> int:
 
 
 # -- command line: `xr0 doctor` ---------------------------------------------------------------------------
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
 
-def run(args, config) -> int:
+def run(args: argparse.Namespace, config) -> int:
     """Check the machine against the config: configured ports and cameras only on real robots."""
     on_hardware = config.robot.type != "sim"
     ports = [a.port for a in config.robot.arms.values() if a.port] if on_hardware else []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -16,7 +17,7 @@ from app.runtime.threads import available_cpus
 from drivers.sim.aloha import EVAL_SEED_START
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policy",
         required=True,
@@ -51,7 +52,7 @@ def add_arguments(p) -> None:
     )
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     if config.robot.type != "sim":
         raise UserError("xr0 eval runs in the simulator: use --robot sim (or robot.type: sim)")
     if args.episodes < 1:
@@ -106,7 +107,7 @@ def run(args, config: AppConfig) -> int:
     return 130 if ended == "interrupted" else 0
 
 
-def choose_seeds(args, config: AppConfig) -> tuple[list[int], list[int]]:
+def choose_seeds(args: argparse.Namespace, config: AppConfig) -> tuple[list[int], list[int]]:
     """The evaluation's seeds, and those of them a checkpoint was trained on (refused unless allowed).
     A replay evaluates on the seeds its store recorded, by definition."""
     from app.compose.policies import REPLAY

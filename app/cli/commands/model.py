@@ -22,7 +22,7 @@ from app.errors import UserError
 _HUB = "Only this command reaches the Hub, for the repo you name; credentials: `hf auth login` or HF_TOKEN."
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="sub", metavar="{info,push,pull}", required=True)
     push = sub.add_parser(
         "push", help="upload a checkpoint and its model card to the Hugging Face Hub", description=_HUB
@@ -140,7 +140,7 @@ def _human(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
-def run(args, config) -> int:
+def run(args: argparse.Namespace, config) -> int:
     import sys
 
     if args.sub in ("push", "pull"):

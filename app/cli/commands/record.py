@@ -10,6 +10,7 @@ says otherwise.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import threading
@@ -34,7 +35,7 @@ EPILOG = f"""While recording (the same keys in a terminal or over SSH; a status 
   {keys.HELP}"""
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         default=None,
@@ -81,7 +82,7 @@ def writer_line(lockstep: bool, peak: int, size: int, overflows: int) -> str:
     return f"writer: kept up (queue peak {peak}/{size})"
 
 
-def plan_from_args(args, config: AppConfig) -> RecordPlan:
+def plan_from_args(args: argparse.Namespace, config: AppConfig) -> RecordPlan:
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {args.episodes}")
     sim = config.robot.type == "sim"
@@ -104,7 +105,7 @@ def plan_from_args(args, config: AppConfig) -> RecordPlan:
     )
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     plan = plan_from_args(args, config)
     interrupt = threading.Event()
     console = keys.Console()

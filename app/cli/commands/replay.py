@@ -8,6 +8,7 @@ replayed and the recorded joint states, and the task's success.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ class ReplayReport:
     safety: dict
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="store path, or a NAME under recording.root")
     p.add_argument("--episode", type=int, default=None, help="episode index (default: the first)")
 
@@ -82,7 +83,7 @@ def replay(config: AppConfig, path: Path, episode: int | None) -> ReplayReport:
     return ReplayReport(episode, len(actions), error, success, info.get("success"), safety)
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     from app.compose.store import resolve_dataset
     from recording.schema import StoreError
 

@@ -13,6 +13,7 @@ Keys (a terminal only):
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -44,7 +45,7 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policy",
         default=None,
@@ -215,7 +216,7 @@ def _policy_label(policy: str) -> str:
     return policy if len(policy) <= 48 else "…" + policy[-47:]
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     if args.mode:
         config = replace(config, policy=replace(config.policy, mode=args.mode))
     if args.seed is not None and config.robot.type != "sim":

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 # -- command line: `xr0 serve` ---------------------------------------------------------------------------------
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default=None, help="checkpoint directory, or hold (default: policy.source)")
     p.add_argument("--host", default=None, help="address to bind (default: policy.server.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: policy.server.port)")
@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def read_token(args) -> str | None:
+def read_token(args: argparse.Namespace) -> str | None:
     """The shared secret: --token-file, else the environment; --token (visible to every user through
     `ps`) still works for one release, with a deprecation line."""
     from app.errors import UserError
@@ -60,7 +60,7 @@ def read_token(args) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
-def run(args, config) -> int:
+def run(args: argparse.Namespace, config) -> int:
     from app.compose.policies import open_policy
     from app.errors import UserError
 

@@ -4,6 +4,7 @@ operator's keys and status line, print the summary.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from dataclasses import asdict
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 # -- command line: `xr0 teleop` ---------------------------------------------------------------------------
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=1, help="episodes to run (sim: each from a new seed)")
     p.add_argument("--episode-seconds", type=float, default=None, help="length of one episode")
     p.add_argument("--rerun", default=None, help="off | spawn | web[:PORT] | FILE.rrd (default: viz.rerun)")
@@ -89,7 +90,7 @@ def print_report(report: TeleopReport) -> None:
         print(f"  stopped by {report.stopped_by}")
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     rerun = args.rerun if args.rerun is not None else config.viz.rerun
     report, sink = run_teleop(config, args.episodes, args.episode_seconds, rerun)
     print(f"teleop on robot {config.robot.type}:")

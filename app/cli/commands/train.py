@@ -24,7 +24,7 @@ from xr0.train_config import NEW_MODEL_INITS
 log = logging.getLogger(__name__)
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         nargs="+",
@@ -115,7 +115,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
-def train_config(args, config: AppConfig):
+def train_config(args: argparse.Namespace, config: AppConfig):
     """config.yaml `train:` with the command line's overrides; `--dataset` resolved like `xr0 record`."""
     from app.compose.store import resolve_dataset
 
@@ -181,7 +181,7 @@ def train_config(args, config: AppConfig):
     return out
 
 
-def run(args, config: AppConfig) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     cfg = train_config(args, config)
     out = Path(args.out).expanduser() if args.out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     from recording.schema import StoreError
