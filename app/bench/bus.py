@@ -17,6 +17,7 @@ import argparse
 import logging
 import multiprocessing
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
@@ -41,7 +42,7 @@ DEFAULT_CHAIN = ArmConfig(
 
 
 @contextmanager
-def emulated_port(arm: ArmConfig, baudrate: int, where: str, pacing: bool = True):
+def emulated_port(arm: ArmConfig, baudrate: int, where: str, pacing: bool = True) -> Iterator[str]:
     motors = list(zip(arm.motor_ids, arm.motor_models, strict=True))
     if where == "thread":
         with BusEmulator(motors, baudrate=baudrate, shadows=arm.shadows, wire_pacing=pacing) as emulator:

@@ -11,11 +11,16 @@ import argparse
 import logging
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.errors import UserError
 from app.runtime.episodes import percentiles
+
+if TYPE_CHECKING:
+    from app.compose.config import AppConfig
+    from xr0.policy import XR0Policy
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed chunks first")
 
 
-def build_policy(variant_name: str, checkpoint: str | None, device: str, dtype_name: str, chunk: int):
+def build_policy(
+    variant_name: str, checkpoint: str | None, device: str, dtype_name: str, chunk: int
+) -> XR0Policy:
     import torch
 
     from xr0.config import QWEN_SPECIAL_TOKENS, tiny_special_ids, variant
@@ -76,7 +83,7 @@ def build_policy(variant_name: str, checkpoint: str | None, device: str, dtype_n
     return XR0Policy(model, processor, XR0PolicyConfig())
 
 
-def bench(args: argparse.Namespace, config) -> dict:
+def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     import torch
     import transformers
 

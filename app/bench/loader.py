@@ -23,6 +23,13 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from app.compose.config import AppConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # -- a synthetic store ------------------------------------------------------------------------------------
-def synthesize(path, episodes: int, steps: int, height: int, width: int, views: int) -> None:
+def synthesize(path: Path, episodes: int, steps: int, height: int, width: int, views: int) -> None:
     """Episodes with every key of the schema: moving coloured shapes on gradients, random-walk joints."""
     import numpy as np
 
@@ -87,7 +94,7 @@ def synthesize(path, episodes: int, steps: int, height: int, width: int, views: 
 class RawSamples:
     """Decoded views at t, state at t, action window — what LeRobotDataset returns, from our store."""
 
-    def __init__(self, path: str, cameras, horizon: int) -> None:
+    def __init__(self, path: str, cameras: Iterable[str], horizon: int) -> None:
         self.path, self.cameras, self.horizon = path, list(cameras), horizon
         self.store = None
 
@@ -96,7 +103,7 @@ class RawSamples:
 
         return len(EpisodeStore(self.path))
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> dict[str, Any]:
         from recording.reader import EpisodeStore
 
         if self.store is None:
@@ -104,7 +111,7 @@ class RawSamples:
         return self.store.sample(int(i), self.horizon, [f"observation.images.{c}" for c in self.cameras])
 
 
-def _rate(fetch, indices) -> float:
+def _rate(fetch: Callable[[Any], object], indices: Sequence[Any]) -> float:
     fetch(indices[0])  # open files, warm caches
     t0 = time.perf_counter()
     for i in indices:
@@ -112,7 +119,13 @@ def _rate(fetch, indices) -> float:
     return len(indices) / (time.perf_counter() - t0)
 
 
-def _loader_rate(dataset, indices, workers: int, batch: int = 8, collate=None) -> float:
+def _loader_rate(
+    dataset: Any,
+    indices: Sequence[Any],
+    workers: int,
+    batch: int = 8,
+    collate: Callable[[list[Any]], Any] | None = None,
+) -> float:
     import torch
 
     batches = [list(indices[i : i + batch]) for i in range(0, len(indices), batch)]
@@ -132,7 +145,7 @@ def _loader_rate(dataset, indices, workers: int, batch: int = 8, collate=None) -
     return n / (time.perf_counter() - t0)
 
 
-def _ours(path: str, cameras, horizon: int, samples: int, workers: int) -> dict:
+def _ours(path: str, cameras: Sequence[str], horizon: int, samples: int, workers: int) -> dict:
     import numpy as np
 
     from xr0.augment import AugmentConfig
@@ -176,7 +189,7 @@ def lerobot_main(argv: list[str]) -> None:
     import numpy as np
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    def open_ds():
+    def open_ds() -> LeRobotDataset:
         meta_fps = json.load(open(f"{args.lerobot}/meta/info.json"))["fps"]
         deltas = {"action": [k / meta_fps for k in range(args.horizon)]}
         return LeRobotDataset(
@@ -195,7 +208,7 @@ def lerobot_main(argv: list[str]) -> None:
     print(json.dumps(result))
 
 
-def _lerobot(path, export_dir, fmt: str, samples: int, horizon: int, workers: int) -> dict:
+def _lerobot(path: Path, export_dir: Path, fmt: str, samples: int, horizon: int, workers: int) -> dict:
     import os
     import subprocess
 
@@ -217,7 +230,7 @@ def _lerobot(path, export_dir, fmt: str, samples: int, horizon: int, workers: in
     return out
 
 
-def bench(args: argparse.Namespace, config) -> dict:
+def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     import shutil
     import tempfile
     from pathlib import Path

@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,10 @@ from app.compose.config import AppConfig
 from app.errors import UserError
 from drivers.clock import NS_PER_S, Clock, Tick
 from xr0.boundary import Chunk, PolicyObservation, PolicySpec
+
+if TYPE_CHECKING:
+    from app.runtime.recorder import RecorderSubscriber
+    from app.runtime.rig import Rig
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +111,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-threads", type=int, default=1, help="threads the model may use")
 
 
-def _recorder(config: AppConfig, rig, folder: Path):
+def _recorder(config: AppConfig, rig: Rig, folder: Path) -> tuple[RecorderSubscriber | None, str | None]:
     """The episode recorder as a loop subscriber, or None (with why) if it is not available."""
     try:
         from app.compose.store import build_spec

@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,10 @@ from app.runtime.events import EpisodeEvent, Publisher, StepEvent
 from drivers.camera import CameraConfig
 from drivers.clock import Rate, WallClock
 from drivers.robot import Observation
+
+if TYPE_CHECKING:
+    from recording.recorder import Recorder
+    from recording.schema import StoreSpec
 
 log = logging.getLogger(__name__)
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
@@ -94,7 +99,7 @@ def _event(obs: Observation, tick: int, deadline_ns: int, lateness_ns: int, now_
     )
 
 
-def _spec(config: AppConfig, frames: list[Observation]):
+def _spec(config: AppConfig, frames: list[Observation]) -> StoreSpec:
     from recording.schema import StoreSpec
 
     rec = config.recording
@@ -141,7 +146,7 @@ def realtime_loop(
     config: AppConfig,
     frames: list[Observation],
     seconds: float,
-    recorder,
+    recorder: Recorder,
     episode_s: float = 60.0,
     ab_block_s: float | None = None,
 ) -> dict:

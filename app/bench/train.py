@@ -12,10 +12,17 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from app.compose.config import AppConfig
+    from xr0.processor import XR0Processor
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _batch(processor, batch: int, views: int, height: int, width: int, seed: int):
+def _batch(
+    processor: XR0Processor, batch: int, views: int, height: int, width: int, seed: int
+) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(seed)
     samples = [
         processor.encode(
@@ -55,7 +64,7 @@ def _batch(processor, batch: int, views: int, height: int, width: int, seed: int
     return processor.collate(samples)
 
 
-def _measure(args: argparse.Namespace, mode: str, device) -> dict:
+def _measure(args: argparse.Namespace, mode: str, device: torch.device) -> dict:
     import torch
 
     from xr0.config import QWEN_SPECIAL_TOKENS, tiny_special_ids, variant
@@ -135,7 +144,7 @@ def _measure(args: argparse.Namespace, mode: str, device) -> dict:
     return out
 
 
-def bench(args: argparse.Namespace, config) -> dict:
+def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     import resource
 
     import torch

@@ -5,14 +5,20 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.compose.config import AppConfig
 from app.errors import UserError
 from app.runtime.eval import VIDEO_CAMERA, EpisodeResult, Watched, run_episode
 from drivers.errors import DeviceError
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+    from xr0.boundary import PolicySpec
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +33,12 @@ class SetupError(Exception):
 
 
 def evaluate_seeds(
-    config: AppConfig, source: str, seeds: list[int], out: Path, videos: set[int], emit
+    config: AppConfig,
+    source: str,
+    seeds: list[int],
+    out: Path,
+    videos: set[int],
+    emit: Callable[[EpisodeResult], None],
 ) -> None:
     """Open the rig and the policy once, then run `seeds` one after the other; `emit(result)` each.
     A policy that cannot run on this rig raises SetupError; an episode that fails is its outcome. After an
@@ -96,7 +107,7 @@ def rendered_cameras(config: AppConfig, source: str, video: bool) -> list[str] |
     return wanted
 
 
-def _deployable_mode(config: AppConfig, spec) -> AppConfig:
+def _deployable_mode(config: AppConfig, spec: PolicySpec) -> AppConfig:
     """A policy trained without a prefix runs asynchronously the way it can: without one (async-naive)."""
     if config.policy.mode == "async" and spec.max_prefix == 0:
         log.info("the policy takes no action prefix: async-naive execution")
@@ -108,7 +119,7 @@ def _remote(source: str) -> bool:
     return source.startswith(("ws://", "wss://"))
 
 
-def _pull(tasks) -> Iterator[int]:
+def _pull(tasks: Queue[int | None]) -> Iterator[int]:
     """Seeds from the shared task queue until it is empty: faster workers take more episodes."""
     while True:
         try:
@@ -120,7 +131,14 @@ def _pull(tasks) -> Iterator[int]:
         yield seed
 
 
-def _worker(config: AppConfig, source: str, tasks, out: str, videos: set[int], results) -> None:
+def _worker(
+    config: AppConfig,
+    source: str,
+    tasks: Queue[int | None],
+    out: str,
+    videos: set[int],
+    results: Queue[EpisodeResult | SetupError],
+) -> None:
     """A `--jobs` process: one torch thread (the processes share the cores), seeds from a task queue,
     results over a queue."""
     try:
@@ -140,7 +158,13 @@ def _worker(config: AppConfig, source: str, tasks, out: str, videos: set[int], r
 
 
 def run_eval(
-    config: AppConfig, source: str, seeds: list[int], out: Path, jobs: int, videos: int, progress=None
+    config: AppConfig,
+    source: str,
+    seeds: list[int],
+    out: Path,
+    jobs: int,
+    videos: int,
+    progress: Callable[[EpisodeResult, int, int], None] | None = None,
 ) -> tuple[list[EpisodeResult], str]:
     """Every seed's result (in seed order) and how the evaluation ended (complete | interrupted)."""
     video_seeds = set(seeds[:videos])

@@ -19,9 +19,12 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.errors import UserError
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 CHECKPOINT_IGNORE = ["resume/*", "*.tmp", "*.tmp/*"]
 
@@ -111,7 +114,7 @@ def _json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def push_checkpoint(checkpoint: Path, repo_id: str, private: bool = False, api=None) -> str:
+def push_checkpoint(checkpoint: Path, repo_id: str, private: bool = False, api: HfApi | None = None) -> str:
     """Upload a checkpoint directory (without its resume state) and its model card; returns the URL."""
     from xr0.checkpoint import CheckpointError, read_config
     from xr0.contract import ContractError, DeployContract
@@ -170,7 +173,7 @@ def pull_checkpoint(repo_id: str, out: Path) -> Path:
 
 
 # -- datasets -------------------------------------------------------------------------------------------------
-def push_dataset(store: Path, repo_id: str, private: bool = False, api=None) -> str:
+def push_dataset(store: Path, repo_id: str, private: bool = False, api: HfApi | None = None) -> str:
     """Upload a whole, valid episode store as a dataset repo; returns the URL."""
     from recording.integrity import validate
     from recording.schema import StoreError

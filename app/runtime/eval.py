@@ -14,15 +14,21 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.runtime.episodes import percentiles, reset_world
 from app.runtime.rig import Rig
 from app.runtime.runner import PolicyConfig
-from drivers.sim.aloha import STAGE_NAMES, StageTracker
+from drivers.sim.aloha import STAGE_NAMES, AlohaSim, StageTracker
+
+if TYPE_CHECKING:
+    from drivers.safety import SafetyLayer
+    from xr0.boundary import Chunk, Policy, PolicyObservation
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +54,19 @@ class EpisodeResult:
 class Watched:
     """The policy, remembering its last exception (the runner counts errors; the report says which)."""
 
-    def __init__(self, policy) -> None:
+    def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.spec = policy.spec
         self.last_error: str | None = None
 
-    def infer(self, observation, prefix):
+    def infer(self, observation: PolicyObservation, prefix: np.ndarray) -> Chunk:
         try:
             return self.policy.infer(observation, prefix)
         except Exception as e:
             self.last_error = f"{type(e).__name__}: {e}"
             raise
 
-    def __getattr__(self, name):  # on_step, close, … of the wrapped policy
+    def __getattr__(self, name: str) -> Any:  # on_step, close, … of the wrapped policy
         return getattr(self.policy, name)
 
 
@@ -141,7 +147,7 @@ def run_episode(
     )
 
 
-def sim_privileged(sim, fps: float):
+def sim_privileged(sim: AlohaSim, fps: float) -> Callable[[], dict[str, np.ndarray]]:
     """The simulator-only inputs (xr0.boundary.PRIVILEGED) for diagnostic policies: the episode's seed,
     the tick the physics is at, and where the (first) object started."""
 
@@ -155,7 +161,7 @@ def sim_privileged(sim, fps: float):
     return values
 
 
-def _clamps(safety) -> int:
+def _clamps(safety: SafetyLayer | None) -> int:
     if safety is None:
         return 0
     c = safety.counters
@@ -177,7 +183,7 @@ class _VideoWriter:
         self.stream.options = {"preset": "veryfast", "crf": "23"}
         self._av = av
 
-    def add(self, sim) -> None:
+    def add(self, sim: AlohaSim) -> None:
         image = sim.render(VIDEO_CAMERA, self.width, self.height)
         frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         for packet in self.stream.encode(frame):
@@ -230,7 +236,7 @@ def summarize(results: list[EpisodeResult], fps: float, task: str) -> dict:
     }
 
 
-def _count(items) -> dict[str, int]:
+def _count(items: Iterable[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for x in items:
         out[x] = out.get(x, 0) + 1

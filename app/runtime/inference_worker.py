@@ -36,7 +36,9 @@ class Completed:
 
 
 class InferenceWorker:
-    def __init__(self, policy: Policy, clock: Clock, simulated: bool, lockstep_timeout_s: float = 600.0):
+    def __init__(
+        self, policy: Policy, clock: Clock, simulated: bool, lockstep_timeout_s: float = 600.0
+    ) -> None:
         self.policy = policy
         self.clock = clock
         self.simulated = simulated

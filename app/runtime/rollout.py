@@ -15,7 +15,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from app.runtime.episodes import percentiles, reset_world
 from app.runtime.events import EpisodeEvent, Publisher
 from app.runtime.rig import Rig
 from app.runtime.runner import PolicyRunner
-from drivers.clock import Rate
+from drivers.clock import Clock, Rate, Tick
 from drivers.sim.aloha import StageTracker
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,13 @@ class RolloutReport:
         return [e.end_tick / fps for e in self.episodes if e.success]
 
 
+class Pacer(Protocol):
+    """What paces the loop, made as `pacer(clock, fps)`: `Rate`, or another pacing to compare with
+    (app/bench/loop.py)."""
+
+    def wait(self) -> Tick: ...
+
+
 class RolloutSession:
     """Episodes of a policy on a rig: judging (sim: automatic; keys: the operator), resets, the summary."""
 
@@ -87,7 +96,7 @@ class RolloutSession:
         fps: float,
         publisher: Publisher,
         episode_seconds: float | None = None,
-        pacer=Rate,
+        pacer: Callable[[Clock, float], Pacer] = Rate,
         first_seed: int | None = None,
     ) -> None:
         """`first_seed`: the simulator seed of the first episode (default: the sim's current seed)."""

@@ -49,7 +49,9 @@ class DelayEstimator:
     """Inference delay (ms from a request's tick deadline to its answer) as a high quantile over a window
     of recent measurements — robust to one slow outlier long ago, unlike an all-time maximum."""
 
-    def __init__(self, period_ns: int, window: int = 20, quantile: float = 0.95, initial_ms: float = 100.0):
+    def __init__(
+        self, period_ns: int, window: int = 20, quantile: float = 0.95, initial_ms: float = 100.0
+    ) -> None:
         if window < 1:
             raise ValueError(f"the delay window must hold at least 1 measurement, got {window}")
         if not 0.0 < quantile <= 1.0:

@@ -178,7 +178,7 @@ class RandomPolicy:
         fps: float = 30.0,
         seed: int = 0,
         step_rad: float = 0.03,
-    ):
+    ) -> None:
         self.spec = PolicySpec(cameras=(), chunk_length=chunk_length, max_prefix=6, fps=fps)
         self.limits = np.asarray(limits, dtype=np.float64)
         self.step_rad = step_rad

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from drivers.clock import Clock, Rate, Tick
 from drivers.errors import DeviceError
 from drivers.robot import BimanualRobot, Observation
 from drivers.sim.aloha import StageTracker
+
+if TYPE_CHECKING:
+    from app.runtime.terminal import Console, Keyboard
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +108,8 @@ class TeleopSession:
         fps: float,
         publisher: Publisher | None = None,
         stop: threading.Event | None = None,
-        keyboard=None,
-        console=None,
+        keyboard: Keyboard | None = None,
+        console: Console | None = None,
     ) -> None:
         """`keyboard` (app.runtime.terminal.Keyboard with KEYS) and `console` (app.runtime.terminal.Console): the
         operator's keys and status line; without them the session runs on its own."""

@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,7 +35,11 @@ from app.serving.wire import (
     pack,
     unpack,
 )
-from xr0.boundary import Policy
+from xr0.boundary import Policy, PolicyObservation
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+    from websockets.http11 import Request, Response
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "XR0_POLICY_TOKEN"
@@ -199,7 +204,7 @@ class PolicyServer:
         log.warning(message + (f" ({held} similar suppressed)" if held else ""))
 
     # -- HTTP: health and authentication -------------------------------------------------------------------
-    def _process_request(self, connection, request):
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if self.active >= self.max_connections:
@@ -220,7 +225,7 @@ class PolicyServer:
         return None
 
     # -- WebSocket ---------------------------------------------------------------------------------------------
-    async def _handle(self, ws) -> None:
+    async def _handle(self, ws: ServerConnection) -> None:
         from websockets.exceptions import ConnectionClosed
 
         self.connections += 1
@@ -258,7 +263,9 @@ class PolicyServer:
         decoded = self._decode(data, peer)
         return decoded if isinstance(decoded, bytes) else self._infer(*decoded)
 
-    def _decode(self, data: bytes | str, peer: object):
+    def _decode(
+        self, data: bytes | str, peer: object
+    ) -> bytes | tuple[int, PolicyObservation, np.ndarray, float, float]:
         """The request checked against the served policy's spec, on a decoding thread: (id, observation,
         prefix, t0, t1) to infer, or the error reply (bytes) for a bad message."""
         t0 = time.perf_counter()
@@ -278,7 +285,9 @@ class PolicyServer:
             return error_message(f"the message is malformed ({type(e).__name__})", request_id)
         return request_id, observation, prefix, t0, time.perf_counter()
 
-    def _infer(self, request_id, observation, prefix, t0: float, t1: float) -> bytes:
+    def _infer(
+        self, request_id: int, observation: PolicyObservation, prefix: np.ndarray, t0: float, t1: float
+    ) -> bytes:
         """The policy's answer, checked, on the one inference thread."""
         t_start = time.perf_counter()
         try:

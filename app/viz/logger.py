@@ -31,11 +31,16 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.runtime.events import EpisodeEvent, StepEvent
+from app.runtime.events import ChunkRecord, EpisodeEvent, StepEvent
 from drivers.joints import ARM_JOINTS, SIDES, side_slice
+
+if TYPE_CHECKING:
+    from rerun import RecordingStream
+    from rerun.blueprint import Blueprint
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -138,7 +143,7 @@ def open_sink(rerun: str, name: str) -> tuple[Sink, str | None]:
         raise UserError(str(e)) from e
 
 
-def blueprint(cameras: list[str], with_chunks: bool, timeline: str = "tick"):
+def blueprint(cameras: list[str], with_chunks: bool, timeline: str = "tick") -> Blueprint:
     """The operator's layout: cameras on top, per-arm joints, then (with a policy) the chunks of one joint
     at a time per arm, chunk timing on its own axes, loop metrics and throughput; opened on `timeline`."""
     import rerun.blueprint as rrb
@@ -184,7 +189,7 @@ def blueprint(cameras: list[str], with_chunks: bool, timeline: str = "tick"):
     )
 
 
-def send_chunk(rec, timeline: str, start: int, actions, where: str) -> None:
+def send_chunk(rec: RecordingStream, timeline: str, start: int, actions: np.ndarray, where: str) -> None:
     """A (T, 14) chunk onto `chunks/<side>/<joint>/<where>`, row k on `start + k` of `timeline`."""
     import rerun as rr
 
@@ -398,7 +403,7 @@ class RerunLogger:
             self.rec.log("tasks/per_minute", self.rr.Scalars(done))
             self._minutes_logged += 1
 
-    def _log_chunk(self, c) -> None:
+    def _log_chunk(self, c: ChunkRecord) -> None:
         rr, rec = self.rr, self.rec
         problem = getattr(c, "problem", None)
         if c.actions is not None:  # a chunk that was not spliced in (discarded, expired) has no actions

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.viz.logger import Throughput
 from drivers.sim.aloha import STAGE_NAMES
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def latency_histogram(ax, latencies_ms: list[float]) -> None:
+
+def latency_histogram(ax: Axes, latencies_ms: list[float]) -> None:
     """Inference latencies on a matplotlib axis, with the p50 and p99 marked."""
     if latencies_ms:
         ax.hist(latencies_ms, bins=40, color="#d8843b")
@@ -27,7 +32,7 @@ def summary_figure(
     success_times_s: list[float],
     latencies_ms: list[float],
     facts: Mapping[str, str] | None = None,
-):
+) -> Figure:
     """The end-of-rollout figure: tasks per minute (axis from 0, zero minutes shown), the inference latency
     histogram, and the facts that say what the numbers are about (policy, episodes, success, delays,
     rejections, clamps)."""

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,12 @@ from app.compose.config import AppConfig
 from app.compose.store import resolve_dataset
 from app.errors import UserError, prog
 from app.viz.logger import blueprint
+
+if TYPE_CHECKING:
+    from rerun import RecordingStream
+
+    from app.viz.logger import Sink, VizConfig
+    from recording.reader import EpisodeStore
 
 SUBCOMMANDS = {
     "info": "summary of a store: episodes, tasks, success, flagged episodes, size",
@@ -293,7 +299,7 @@ def _stats(args: argparse.Namespace, config: AppConfig, path: Path) -> int:
     return 0
 
 
-def log_episode(path: Path, episode: int | None, sink, viz) -> tuple[int, int]:
+def log_episode(path: Path, episode: int | None, sink: Sink, viz: VizConfig) -> tuple[int, int]:
     """Log one episode to a Rerun sink: cameras, measured/sent/leader joints, on its recorded times."""
     import rerun as rr
 
@@ -347,7 +353,7 @@ def log_episode(path: Path, episode: int | None, sink, viz) -> tuple[int, int]:
     return episode, n
 
 
-def _log_chunks(rec, store, episode: int) -> None:
+def _log_chunks(rec: RecordingStream, store: EpisodeStore, episode: int) -> None:
     """A rollout episode's predicted chunks, each on the steps it covers, and the actions sent (the same
     entities as the live view, app/viz/logger.py)."""
     from app.viz.logger import CHUNK_SLOTS, send_chunk

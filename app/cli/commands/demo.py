@@ -30,11 +30,15 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.compose.config import AppConfig
 from app.errors import UserError, prog
 from app.runtime.threads import available_cpus
 from drivers.sim.aloha import EVAL_SEED_START
+
+if TYPE_CHECKING:
+    from app.runtime.eval import EpisodeResult
 
 log = logging.getLogger(__name__)
 HELD_OUT_SEED = EVAL_SEED_START  # evaluations start here: never a seed the demonstrations were recorded on
@@ -277,7 +281,7 @@ def eval_stage(
     return {"rows": rows, "report": str(out / "eval" / "eval.json"), "videos": str(out / "eval" / "videos")}
 
 
-def _dot(result, done: int, total: int) -> None:
+def _dot(result: EpisodeResult, done: int, total: int) -> None:
     print("✓" if result.success else "·", end="" if done < total else f" {done}/{total}\n", flush=True)
 
 

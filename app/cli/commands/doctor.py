@@ -25,7 +25,10 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from app.compose.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
@@ -471,7 +474,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
 
-def run(args: argparse.Namespace, config) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     """Check the machine against the config: configured ports and cameras only on real robots."""
     on_hardware = config.robot.type != "sim"
     ports = [a.port for a in config.robot.arms.values() if a.port] if on_hardware else []

@@ -12,7 +12,7 @@ from pathlib import Path
 from app.cli.evaluation import SetupError, run_eval
 from app.compose.config import AppConfig
 from app.errors import UserError
-from app.runtime.eval import summarize, write_report
+from app.runtime.eval import EpisodeResult, summarize, write_report
 from app.runtime.threads import available_cpus
 from drivers.sim.aloha import EVAL_SEED_START
 
@@ -201,7 +201,7 @@ class _Progress:
             self.bar = tqdm(total=total, unit="episode", dynamic_ncols=True)
         self.successes = 0
 
-    def update(self, result, done: int, total: int) -> None:
+    def update(self, result: EpisodeResult, done: int, total: int) -> None:
         self.successes += result.success
         if self.bar is not None:
             self.bar.update(1)

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from app.compose.config import ROBOT_TYPES
+from app.compose.config import ROBOT_TYPES, AppConfig
 from app.errors import UserError
 
 _HUB = "Only this command reaches the Hub, for the repo you name; credentials: `hf auth login` or HF_TOKEN."
@@ -140,7 +140,7 @@ def _human(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
-def run(args: argparse.Namespace, config) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     import sys
 
     if args.sub in ("push", "pull"):

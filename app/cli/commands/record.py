@@ -25,6 +25,8 @@ from app.runtime import terminal as keys
 from app.runtime.record import RecordReport
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from recording.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace, config: AppConfig) -> int:
     interrupt = threading.Event()
     console = keys.Console()
 
-    def on_sigint(signum, frame) -> None:
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
         if interrupt.is_set():
             raise KeyboardInterrupt
         interrupt.set()

@@ -20,6 +20,7 @@ import re
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.compose.config import AppConfig
 from app.errors import UserError
@@ -29,6 +30,11 @@ from app.runtime.rollout import RolloutReport, RolloutSession, Terminal
 from app.runtime.runner import PolicyRunner
 from app.viz.plots import summary_png
 from drivers.sim.aloha import EVAL_SEED_START
+
+if TYPE_CHECKING:
+    from app.runtime.recorder import RecorderSubscriber
+    from app.viz.logger import Sink
+    from xr0.boundary import Policy
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +83,7 @@ def run_rollout(
     instruction: str | None = None,
     record: Path | None = None,
     seed: int | None = None,
-):
+) -> tuple[RolloutReport, Sink]:
     """Compose rig, policy, runner and subscribers from config; run; always shut down cleanly.
 
     In the simulator the episodes run on seeds `seed`, `seed`+1, … (default `EVAL_SEED_START`: held out
@@ -121,7 +127,9 @@ def run_rollout(
     return report, sink
 
 
-def _recorder(config: AppConfig, rig: Rig, policy, path: Path, source: str, instruction: str | None):
+def _recorder(
+    config: AppConfig, rig: Rig, policy: Policy, path: Path, source: str, instruction: str | None
+) -> RecorderSubscriber:
     """A recorder subscriber for the rollout's episodes (no leader command; the policy.* arrays instead)."""
     from app.compose.store import build_spec, calibration_identity, preflight
     from app.runtime.recorder import RecorderSubscriber
@@ -252,7 +260,7 @@ def run(args: argparse.Namespace, config: AppConfig) -> int:
     return 0
 
 
-def summary_plot_path(summary: str | None, sink) -> Path:
+def summary_plot_path(summary: str | None, sink: Sink) -> Path:
     """The end-of-rollout plot goes beside the JSON summary, else beside the .rrd, else under runs/rollout/."""
     if summary:
         return Path(summary).with_suffix(".png")

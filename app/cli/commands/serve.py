@@ -12,8 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from app.serving.server import TOKEN_ENV, PolicyServer
+
+if TYPE_CHECKING:
+    from app.compose.config import AppConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ def read_token(args: argparse.Namespace) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
-def run(args: argparse.Namespace, config) -> int:
+def run(args: argparse.Namespace, config: AppConfig) -> int:
     from app.compose.policies import open_policy
     from app.errors import UserError
 

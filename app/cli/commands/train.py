@@ -19,7 +19,7 @@ from pathlib import Path
 
 from app.compose.config import AppConfig
 from app.errors import UserError, prog
-from xr0.train_config import NEW_MODEL_INITS
+from xr0.train_config import NEW_MODEL_INITS, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
-def train_config(args: argparse.Namespace, config: AppConfig):
+def train_config(args: argparse.Namespace, config: AppConfig) -> TrainConfig:
     """config.yaml `train:` with the command line's overrides; `--dataset` resolved like `xr0 record`."""
     from app.compose.store import resolve_dataset
 
