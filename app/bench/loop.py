@@ -6,14 +6,23 @@ worker thread and the episode recorder writing a Zarr store in its own threads. 
 `drivers.clock.Rate` (absolute deadlines) and by plain `time.sleep(period − elapsed)` after each
 iteration, the pacing LeRobot's loops use. For both: lateness against the ideal grid start + k·period
 (p50/p99/max), ticks missed on that grid, and the spread of the interval between ticks.
+
+`--load N` starts N busy processes beside it (a training job, a viewer, a browser), `--priority` says what
+the control thread asks the OS for (runtime.loop_priority, app/runtime/priority.py); the result names
+what it got and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,6 +118,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "--cameras", type=int, default=1, help="how many of the configured cameras to render (sim)"
     )
     p.add_argument("--torch-threads", type=int, default=1, help="threads the model may use")
+    p.add_argument("--load", type=int, default=0, help="busy background processes to run beside the loop")
+    p.add_argument(
+        "--priority",
+        choices=("auto", "realtime", "nice", "off"),
+        default=None,
+        help="the control thread's priority (default: runtime.loop_priority)",
+    )
 
 
 def _recorder(config: AppConfig, rig: Rig, folder: Path) -> tuple[RecorderSubscriber | None, str | None]:
@@ -129,7 +145,13 @@ def _recorder(config: AppConfig, rig: Rig, folder: Path) -> tuple[RecorderSubscr
 
 
 def run_once(
-    config: AppConfig, pacing: str, seconds: float, inference: bool, record: bool, threads: int = 1
+    config: AppConfig,
+    pacing: str,
+    seconds: float,
+    inference: bool,
+    record: bool,
+    threads: int = 1,
+    priority: str = "off",
 ) -> dict:
     from app.compose.rig import build_sim_rig
     from app.runtime.events import Publisher
@@ -147,7 +169,9 @@ def run_once(
         policy = TinyTorchPolicy(cams[0], threads=threads) if inference and cams else HoldPolicy()
         runner = PolicyRunner(rig.robot, rig.clock, policy, config.policy, config.control.fps, publisher)
         pacer = Rate if pacing == "rate" else SleepPacer
-        session = RolloutSession(rig, runner, config.control.fps, publisher, None, pacer=pacer)
+        session = RolloutSession(
+            rig, runner, config.control.fps, publisher, None, pacer=pacer, priority=priority
+        )
         with tempfile.TemporaryDirectory() as folder:
             if record:
                 recorder, note = _recorder(config, rig, Path(folder))
@@ -175,7 +199,24 @@ def run_once(
         },
         "inference_ms_p50": round(float(np.percentile(st.inference_ms, 50)), 1) if st.inference_ms else None,
         "recorder": note,
+        "control_thread": report.loop_priority,
+        "loadavg_1min": round(os.getloadavg()[0], 2),
     }
+
+
+@contextmanager
+def busy_processes(n: int) -> Iterator[None]:
+    """`n` processes spinning on a core each for the block (the load a shared workstation carries)."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(n)
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
 
 
 def bench(args: argparse.Namespace, config: AppConfig) -> dict:
@@ -194,6 +235,9 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
         policy=replace(config.policy, mode="async"),
     )
     pacings = ("rate", "sleep") if args.pacing == "both" else (args.pacing,)
+    if args.load < 0:
+        raise UserError(f"--load must be 0 or more busy processes, got {args.load}")
+    priority = args.priority or config.runtime.loop_priority
     result: dict = {
         "bench": "loop",
         "seconds": args.seconds,
@@ -201,11 +245,20 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
         "cameras": {n: [c.width, c.height] for n, c in cfg.cameras.items()},
         "inference": None if args.no_inference else f"tiny torch CNN, {args.torch_threads} thread(s)",
         "recording": not args.no_record,
+        "load": args.load,
+        "priority": priority,
     }
-    for pacing in pacings:
-        log.info("%s pacing for %.0f s …", pacing, args.seconds)
-        result[pacing] = run_once(
-            cfg, pacing, args.seconds, not args.no_inference, not args.no_record, args.torch_threads
-        )
+    with busy_processes(args.load):
+        for pacing in pacings:
+            log.info("%s pacing for %.0f s …", pacing, args.seconds)
+            result[pacing] = run_once(
+                cfg,
+                pacing,
+                args.seconds,
+                not args.no_inference,
+                not args.no_record,
+                args.torch_threads,
+                priority,
+            )
     result["machine"] = machine()
     return result

@@ -77,6 +77,7 @@ def record(
                     console,
                     interrupt,
                     seed,
+                    priority=config.runtime.loop_priority,
                 )
                 report = session.run(plan.episodes, plan.seconds, plan.reset_seconds)
     finally:

@@ -22,6 +22,7 @@ import numpy as np
 from app.runtime import terminal as keys
 from app.runtime.episodes import percentiles, reset_world
 from app.runtime.events import EpisodeEvent, Publisher
+from app.runtime.priority import loop_priority
 from app.runtime.rig import Rig
 from app.runtime.teleop import teleop_step
 from drivers.clock import Rate, SimClock, Tick
@@ -43,6 +44,7 @@ class RecordReport:
     lateness_ms: dict[str, float] = field(default_factory=dict)
     alarms: list[str] = field(default_factory=list)
     quit: bool = False
+    loop_priority: str = "normal"  # what the control thread got from the OS (app/runtime/priority.py)
 
 
 WRITER_LAG_WARN_S = 1.0  # steps not yet on disk beyond this (s) are shown as BEHIND, with one warning
@@ -62,8 +64,11 @@ class RecordSession:
         console: keys.Console,
         interrupt: threading.Event | None = None,
         first_seed: int | None = None,
+        priority: str = "off",
     ) -> None:
-        """`first_seed`: the simulator seed of the first episode (default: the sim's current seed)."""
+        """`first_seed`: the simulator seed of the first episode (default: the sim's current seed).
+        `priority` (runtime.loop_priority): what the control thread asks the OS for (app/runtime/priority.py)."""
+        self.priority = priority
         self.rig, self.recorder, self.publisher = rig, recorder, publisher
         self.on_interrupt = on_interrupt  # recording.on_interrupt: commit | discard the open episode
         self.first_seed = first_seed
@@ -122,6 +127,12 @@ class RecordSession:
 
     # -- the session -------------------------------------------------------------------------------------------
     def run(self, episodes: int, seconds: float, reset_seconds: float) -> RecordReport:
+        with loop_priority(self.priority, isinstance(self.rig.clock, SimClock)) as got:
+            report = self._run(episodes, seconds, reset_seconds)
+        report.loop_priority = got
+        return report
+
+    def _run(self, episodes: int, seconds: float, reset_seconds: float) -> RecordReport:
         rig = self.rig
         wall0 = time.perf_counter()
         kept = attempt = 0

@@ -23,9 +23,10 @@ import numpy as np
 
 from app.runtime.episodes import percentiles, reset_world
 from app.runtime.events import EpisodeEvent, Publisher
+from app.runtime.priority import loop_priority
 from app.runtime.rig import Rig
 from app.runtime.runner import PolicyRunner
-from drivers.clock import Clock, Rate, Tick
+from drivers.clock import Clock, Rate, SimClock, Tick
 from drivers.sim.aloha import StageTracker
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class RolloutReport:
     control_s: float = 0.0  # control time (simulated time in lockstep)
     wall_s: float = 0.0
     stopped_by: str = "duration"  # duration | quit | e-stop | interrupted
+    loop_priority: str = "normal"  # what the control thread got from the OS (app/runtime/priority.py)
     tasks: int = 0
     tasks_per_min: float = 0.0
     tasks_per_minute_bucket: list[int] = field(default_factory=list)
@@ -98,8 +100,12 @@ class RolloutSession:
         episode_seconds: float | None = None,
         pacer: Callable[[Clock, float], Pacer] = Rate,
         first_seed: int | None = None,
+        priority: str = "off",
     ) -> None:
-        """`first_seed`: the simulator seed of the first episode (default: the sim's current seed)."""
+        """`first_seed`: the simulator seed of the first episode (default: the sim's current seed).
+        `priority` (runtime.loop_priority): what the control thread asks the OS for while it runs
+        (app/runtime/priority.py); the report says what it got."""
+        self.priority = priority
         self.rig = rig
         self.first_seed = first_seed
         self.stages = StageTracker(rig.sim) if rig.sim is not None else None
@@ -132,6 +138,12 @@ class RolloutSession:
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def run(self, duration_s: float) -> RolloutReport:
+        with loop_priority(self.priority, isinstance(self.rig.clock, SimClock)) as got:
+            report = self._run(duration_s)
+        report.loop_priority = got
+        return report
+
+    def _run(self, duration_s: float) -> RolloutReport:
         rig, runner = self.rig, self.runner
         total_ticks = max(1, round(duration_s * self.fps))
         wall0 = time.perf_counter()

@@ -19,8 +19,9 @@ import numpy as np
 
 from app.runtime.episodes import percentiles, reset_world
 from app.runtime.events import EpisodeEvent, Publisher, StepEvent
+from app.runtime.priority import loop_priority
 from app.runtime.rig import Rig
-from drivers.clock import Clock, Rate, Tick
+from drivers.clock import Clock, Rate, SimClock, Tick
 from drivers.errors import DeviceError
 from drivers.robot import BimanualRobot, Observation
 from drivers.sim.aloha import StageTracker
@@ -53,6 +54,7 @@ class TeleopReport:
     observations: dict[str, int] = field(default_factory=dict)  # observation quality counters
     error: str | None = None  # the device error that ended the session early, if any
     stopped_by: str = "done"  # done | quit | e-stop | interrupted | error
+    loop_priority: str = "normal"  # what the control thread got from the OS (app/runtime/priority.py)
     paused_ticks: int = 0  # ticks the followers held while the operator paused
 
     @property
@@ -110,9 +112,12 @@ class TeleopSession:
         stop: threading.Event | None = None,
         keyboard: Keyboard | None = None,
         console: Console | None = None,
+        priority: str = "off",
     ) -> None:
         """`keyboard` (app.runtime.terminal.Keyboard with KEYS) and `console` (app.runtime.terminal.Console): the
-        operator's keys and status line; without them the session runs on its own."""
+        operator's keys and status line; without them the session runs on its own. `priority`
+        (runtime.loop_priority): what the control thread asks the OS for (app/runtime/priority.py)."""
+        self.priority = priority
         self.rig = rig
         self.fps = fps
         self.publisher = publisher or Publisher()
@@ -148,6 +153,12 @@ class TeleopSession:
         return teleop_step(self.rig.robot, self.rig.clock, tick, tick_index, episode)
 
     def run(self, episodes: int, episode_seconds: float) -> TeleopReport:
+        with loop_priority(self.priority, isinstance(self.rig.clock, SimClock)) as got:
+            report = self._run(episodes, episode_seconds)
+        report.loop_priority = got
+        return report
+
+    def _run(self, episodes: int, episode_seconds: float) -> TeleopReport:
         """Run `episodes` episodes of `episode_seconds` each (or until `stop` is set)."""
         robot, clock, sim = self.rig.robot, self.rig.clock, self.rig.sim
         report = TeleopReport()

@@ -41,6 +41,9 @@ class RuntimeConfig:
     # docs/architecture.md: the process's CPUs less its helpers, shared by the processes on the machine)
     # or a number; set 1 on a machine shared with other heavy work.
     torch_threads: int | Literal["auto"] = "auto"
+    # The control loop's thread: auto (real-time SCHED_FIFO where permitted, else a raised nice value, else
+    # as it is), realtime, nice or off (app/runtime/priority.py; the session summary says what it got).
+    loop_priority: Literal["auto", "realtime", "nice", "off"] = "auto"
 
     def __post_init__(self) -> None:
         n = self.torch_threads

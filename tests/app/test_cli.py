@@ -63,6 +63,7 @@ def test_every_benchmark_of_the_design_is_there():
         "train",
         "inference",
         "async",
+        "server",
     }
 
 

@@ -30,6 +30,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "train": ("training step time and memory", "app.bench.train"),
     "inference": ("XR0 chunk latency, VLM prefill vs DiT steps", "app.bench.inference"),
     "async": ("async vs sync vs async-naive in the simulator", "app.bench.async_modes"),
+    "server": ("a good client's chunk latency beside hostile and greedy clients", "app.bench.server"),
 }
 
 

@@ -412,6 +412,29 @@ def check_disk(data_root: Path, warn_gib: float = DISK_WARN_GIB, fail_gib: float
     return Check("disk", "ok", detail)
 
 
+def check_loop_priority(probe: Callable[[], tuple[bool, bool]] | None = None) -> Check:
+    """Whether the control loop can have real-time scheduling (runtime.loop_priority: auto asks for it)."""
+    from app.runtime.priority import NICE, RT_PRIORITY, can_raise
+
+    realtime, nice = (probe or can_raise)()
+    if realtime:
+        return Check("loop-priority", "ok", f"the control loop can run at SCHED_FIFO {RT_PRIORITY}")
+    fix = (
+        "run as root, or give the user an rtprio limit: a line `USER - rtprio 50` in "
+        "/etc/security/limits.d/xr0.conf (then log in again); or `sudo setcap cap_sys_nice+ep` on the python binary"
+    )
+    if nice:
+        return Check(
+            "loop-priority", "warn", f"no real-time scheduling; the control loop runs at nice {NICE}", fix
+        )
+    return Check(
+        "loop-priority",
+        "warn",
+        "no real-time scheduling or raised priority: the loop competes with everything",
+        fix,
+    )
+
+
 # --- running and reporting ------------------------------------------------------------------------
 
 
@@ -443,6 +466,7 @@ def run_checks(
         ("ftdi-latency", check_ftdi_latency),
         ("realsense", lambda: check_realsense(realsense_serials)),
         ("gpu", check_gpu),
+        ("loop-priority", check_loop_priority),
         ("disk", lambda: check_disk(data_root)),
     ]
     checks: list[Check] = []

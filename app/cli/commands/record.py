@@ -155,6 +155,7 @@ def _print_report(path: Path, report: RecordReport, recorder: Recorder | None) -
     lat = report.lateness_ms
     late = f", loop lateness p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms" if lat else ""
     print(f"  {report.ticks} ticks in {report.wall_s:.1f} s{late}; stale ticks {report.stale_ticks}")
+    print(f"  control thread: {report.loop_priority}")
     if recorder is not None:
         print("  " + writer_line(recorder.block, recorder.max_depth, recorder.queue_size, recorder.overflows))
     for alarm in report.alarms:

@@ -114,7 +114,15 @@ def run_rollout(
         )
         episode_s = config.policy.episode_seconds if rig.sim is not None else None
         first_seed = (EVAL_SEED_START if seed is None else seed) if rig.sim is not None else None
-        session = RolloutSession(rig, runner, config.control.fps, publisher, episode_s, first_seed=first_seed)
+        session = RolloutSession(
+            rig,
+            runner,
+            config.control.fps,
+            publisher,
+            episode_s,
+            first_seed=first_seed,
+            priority=config.runtime.loop_priority,
+        )
         with Terminal(session):
             report = session.run(duration_s)
     finally:
@@ -185,6 +193,7 @@ def print_summary(r: RolloutReport) -> None:
             f"  loop lateness p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms; "
             f"skipped ticks {s['skipped_ticks']}"
         )
+    print(f"  control thread: {r.loop_priority}")
 
 
 def summary_facts(r: RolloutReport) -> dict[str, str]:

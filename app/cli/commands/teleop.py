@@ -54,7 +54,14 @@ def run_teleop(
         with Keyboard(keys=KEYS, escapes={}) as keyboard:
             if keyboard.active:
                 console.cue(HELP)
-            session = TeleopSession(rig, config.control.fps, publisher, keyboard=keyboard, console=console)
+            session = TeleopSession(
+                rig,
+                config.control.fps,
+                publisher,
+                keyboard=keyboard,
+                console=console,
+                priority=config.runtime.loop_priority,
+            )
             report = session.run(episodes, seconds)
     finally:
         publisher.close()
@@ -77,6 +84,7 @@ def print_report(report: TeleopReport) -> None:
     if report.lateness_ms:
         lat = report.lateness_ms
         print(f"  loop lateness p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms")
+    print(f"  control thread: {report.loop_priority}")
     obs = report.observations
     if obs.get("duplicated_frames") or obs.get("skewed"):
         print(f"  observations: {obs['duplicated_frames']} duplicated frame(s), {obs['skewed']} skewed")
