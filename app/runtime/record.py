@@ -242,16 +242,17 @@ class RecordSession:
             self.console.cue(
                 f"■ episode {index} kept ({verdict}, {outcome}, {result.length} steps)", bell=True
             )
-        elif commit:
+        elif result is not None and result.status == "discarded":
+            self.console.cue(f"✗ episode {index} discarded ({outcome})", bell=True)
+        else:  # asked to commit, or to discard, and the writer did neither (it failed or was killed)
             why = rec.error or (
                 f"the writer answered {result.status}" if result else "no answer from the writer"
             )
             self.console.cue(
-                f"✗ episode {index} NOT saved ({why}); `dataset repair` recovers the steps that reached the disk",
+                f"✗ episode {index} NOT saved ({why}); {rec.written_steps} steps reached the disk and "
+                "`dataset repair` recovers them",
                 bell=True,
             )
-        else:
-            self.console.cue(f"✗ episode {index} discarded ({outcome})", bell=True)
         self.report.episodes.append(
             {
                 "index": index,

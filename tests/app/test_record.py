@@ -267,3 +267,48 @@ def test_a_recorded_episode_succeeds_if_stage_4_was_reached_at_any_tick(tmp_path
     info = EpisodeStore(tmp_path / "d.zarr").info(0)
     assert info["success"] is True and info["max_stage"] == 4  # … but done at some tick: a success
     assert report.episodes[0]["success"] is True
+
+
+class KillsTheWriter:
+    """A subscriber that SIGKILLs the recorder's writer process at one tick (a crash of that process only)."""
+
+    def __init__(self, at_tick: int) -> None:
+        self.at_tick = at_tick
+
+    def on_step(self, event) -> None:
+        import multiprocessing
+        import os
+        import signal
+
+        if event.tick == self.at_tick:
+            for child in multiprocessing.active_children():
+                if child.name == "xr0-recorder-writer":
+                    os.kill(child.pid, signal.SIGKILL)
+
+    def on_episode(self, event) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_killed_writer_is_reported_with_what_repair_recovers(tmp_path, capsys):
+    from app.cli.commands.record import _print_report
+    from recording.integrity import repair
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SMALL)
+    config = load_config(cfg)
+    path = tmp_path / "k.zarr"
+    plan = RecordPlan(path, "t", episodes=2, seconds=4.0, reset_seconds=0.0)
+    report, recorder = record(config, plan, extra_subscribers=(KillsTheWriter(at_tick=90),))
+    _print_report(path, report, recorder)
+    out = capsys.readouterr()
+    attempt = report.episodes[0]
+    assert not attempt["kept"] and attempt["status"] == "not confirmed" and attempt["on_disk_steps"] > 0
+    assert "discarded" not in out.out  # it was not: its steps are on disk
+    assert f"{attempt['on_disk_steps']} steps reached the disk and `dataset repair` recovers them" in out.out
+    assert f"{attempt['on_disk_steps']} steps had reached the disk" in out.out
+    repair(path, fsync=False)
+    store = EpisodeStore(path)
+    assert store.episodes == [0] and store.info(0)["length"] >= attempt["on_disk_steps"]
