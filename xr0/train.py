@@ -183,7 +183,8 @@ class Trainer:
             raise
         self.grad_norm, self.prefix_length = torch.zeros(()), 0
         self.cameras = cfg.data.cameras or ("cam_high", "cam_left_wrist", "cam_right_wrist")
-        self.relative = np.asarray(RELATIVE_JOINTS, dtype=bool)
+        # XR0's representation (arm joints relative to the state), or absolute everywhere for a new model.
+        self.relative = np.asarray(RELATIVE_JOINTS, dtype=bool) & bool(cfg.relative_actions)
 
     def _check_run(self, resume: bool) -> None:
         self.resume_from = last_checkpoint(self.run_dir) if resume else None

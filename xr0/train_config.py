@@ -135,6 +135,11 @@ class TrainConfig:
     # random model (its projector learns a raw state whose dims differ 10× in spread slowly), and as the
     # initial checkpoint has it otherwise (the official checkpoints read the state raw).
     normalize_state: bool | Literal["auto"] = "auto"
+    # Arm joint actions relative to the state at t (XR0's representation; grippers are absolute either way)
+    # or absolute (`false`: a new model only; a checkpoint keeps the representation it was trained with).
+    # A model unsure of the task's phase that predicts relative targets adds a whole reach to a pose that
+    # has already reached (docs/eval.md); absolute targets stay within the demonstrated range.
+    relative_actions: bool = True
     # Seed of the model init (new models), the data order, augmentation and every flow draw.
     seed: int = 42
     # Metrics every N steps (JSONL, TensorBoard, progress bar).
@@ -151,6 +156,11 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        if not self.relative_actions and self.init not in NEW_MODEL_INITS:
+            raise ValueError(
+                "train.relative_actions: false needs a new model (init tiny or full-random); a checkpoint keeps "
+                "the action representation it was trained with"
+            )
         if self.mode == "auto":  # resolved once, here: everything downstream sees frozen-vlm or full
             object.__setattr__(self, "mode", "full" if self.init in NEW_MODEL_INITS else "frozen-vlm")
         positive = ("steps", "batch_size", "training_repeat", "log_every")

@@ -64,6 +64,7 @@ def test_every_benchmark_of_the_design_is_there():
         "inference",
         "async",
         "server",
+        "soak",
     }
 
 

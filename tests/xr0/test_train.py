@@ -317,3 +317,15 @@ def test_a_new_model_reads_a_normalised_state_and_its_contract_says_so(store, tm
     path.write_text(json.dumps({**d, "state_normalised": False}))
     with pytest.raises(ContractError, match="state_normalised False; the processor files have state"):
         XR0Policy.from_checkpoint(tmp_path / "new" / "last")
+
+
+def test_absolute_actions_are_a_new_models_choice_and_the_policy_follows_its_contract(store, tmp_path):
+    from xr0.contract import DeployContract
+
+    Trainer(config(store, steps=2, relative_actions=False), tmp_path / "abs", progress=False).run()
+    contract = DeployContract.load(tmp_path / "abs" / "last")
+    assert not any(contract.relative)
+    policy = XR0Policy.from_checkpoint(tmp_path / "abs" / "last")
+    assert not policy.relative.any()
+    with pytest.raises(ValueError, match="relative_actions: false needs a new model"):
+        config(store, relative_actions=False, init=str(tmp_path / "abs" / "last"))

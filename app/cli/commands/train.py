@@ -90,6 +90,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="normalise the state the model reads (default: yes for a new model, as the checkpoint otherwise)",
     )
     p.add_argument(
+        "--absolute-actions",
+        action="store_const",
+        const=False,
+        dest="relative_actions",
+        default=None,
+        help="a new model predicts absolute joint targets instead of XR0's state-relative ones",
+    )
+    p.add_argument(
         "--state-noise", type=float, default=None, metavar="RAD", help="noise on the joints the model sees"
     )
     p.add_argument("--crop-scale", type=float, default=None, help="random crop side fraction (1 = no crop)")
@@ -137,6 +145,7 @@ def train_config(args: argparse.Namespace, config: AppConfig) -> TrainConfig:
         "ema_decay": args.ema,
         "max_pixels": args.max_pixels,
         "normalize_state": args.normalize_state,
+        "relative_actions": args.relative_actions,
         "device": args.device,
         "strategy": args.strategy,
         "precision": args.precision,
