@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from xr0.data import Collate, TrainingSamples
 from xr0.objective import StepDraws, step_generator
-from xr0.policy import model_to_robot_actions
+from xr0.policy import GRIPPER_INDICES, model_to_robot_actions
 from xr0.processor import XR0Processor
 
 EVAL_STREAM = 7  # generator stream of the evaluation noise (the training draws use stream 0)
@@ -59,6 +59,14 @@ def predict_chunks(
     )
 
 
+def arm_joints() -> np.ndarray:
+    """The 12 arm joints of the 14-wide robot vector (every dim but the grippers), whatever the action
+    representation (relative or absolute)."""
+    mask = np.ones(14, dtype=bool)
+    mask[list(GRIPPER_INDICES)] = False
+    return mask
+
+
 def vision_dependence(
     objective: torch.nn.Module,
     processor: XR0Processor,
@@ -88,7 +96,7 @@ def vision_dependence(
     same = [keys[0]] * len(keys)  # one noise for all: at the start pose only the images differ
     own = predict_chunks(objective, processor, collate(samples), same, *args)
     other = predict_chunks(objective, processor, collate(swapped), same, *args)
-    joints = np.asarray(relative, dtype=bool)
+    joints = arm_joints()
 
     def error(pred: np.ndarray) -> float:
         return float(np.abs(pred - recorded)[valid][:, joints].mean())
@@ -142,7 +150,7 @@ def open_loop_error(
         for b in range(min(B, real - start)):
             robot = robots[b]
             err = np.abs(robot - batch["robot_actions"][b].numpy())[batch["valid"][b].numpy() > 0]
-            joints, grippers = err[:, relative], err[:, ~relative]
+            joints, grippers = err[:, arm_joints()], err[:, ~arm_joints()]
             sums += torch.tensor(
                 [joints.sum(), joints.size, grippers.sum(), grippers.size], dtype=torch.float64
             )
