@@ -56,8 +56,9 @@ def rss_mb(pid: int) -> float | None:
 
 
 def folder_mb(path: Path) -> float:
-    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
-    return round((total if path.is_dir() else (path.stat().st_size if path.exists() else 0)) / 2**20, 2)
+    from app.compose.store import bytes_on_disk
+
+    return round(bytes_on_disk(path) / 2**20, 2) if path.exists() else 0.0
 
 
 def _serve(camera: str, queue: Any) -> None:

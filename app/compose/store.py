@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,3 +111,18 @@ def check_disk(path: Path, bytes_needed: float, margin: float) -> float:
             "record fewer or shorter episodes, or lower recording.jpeg_quality"
         )
     return free
+
+
+def bytes_on_disk(path: Path) -> int:
+    """Bytes of the files under `path` (or of the file itself); files that vanish while it counts (a live
+    writer renames its temporary files) are skipped."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total

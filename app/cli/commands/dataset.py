@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.compose.config import AppConfig
-from app.compose.store import resolve_dataset
+from app.compose.store import bytes_on_disk, resolve_dataset
 from app.errors import UserError, prog
 from app.viz.logger import blueprint
 
@@ -141,17 +140,6 @@ def _named_dataset(args: argparse.Namespace) -> str:
     return args.dataset
 
 
-def _size(path: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(dirpath, f))
-            except OSError:
-                pass
-    return total
-
-
 def summary(path: Path) -> dict[str, Any]:
     """What `xr0 dataset info` shows, as a dict."""
     from recording.reader import EpisodeStore
@@ -163,7 +151,7 @@ def summary(path: Path) -> dict[str, Any]:
     tasks: dict[str, int] = {}
     for t in store.tasks:
         tasks[t] = tasks.get(t, 0) + 1
-    size = _size(path)
+    size = bytes_on_disk(path)
     return {
         "path": str(path),
         "format": f"{store.attrs['format']} v{store.attrs['format_version']}",
