@@ -1,11 +1,13 @@
-"""Image codecs for Zarr v3 arrays of RGB frames: JPEG (lossy) and PNG (lossless), through imagecodecs.
+"""Image codecs for Zarr v3 arrays of RGB frames: JPEG (lossy) and PNG (lossless) through imagecodecs for
+the live tier, and video segments (AV1 / H.264 through PyAV) for the archive tier.
 
-Each is an array→bytes codec for chunks of exactly one frame, shape (1, H, W, 3) uint8, so that a
-random read decodes one image. In the store they sit inside a shard (many frames per file) and are
-followed by a crc32c checksum, so a damaged chunk is reported instead of decoding to garbage.
+JPEG and PNG are array→bytes codecs for chunks of exactly one frame, shape (1, H, W, 3) uint8, so that a
+random read decodes one image. `VideoCodec` encodes a chunk of N consecutive frames as one segment that
+starts with a keyframe (written by `xr0 dataset compact`, never while recording). Every chunk is followed
+by a crc32c checksum, so a damaged chunk is reported instead of decoding to garbage.
 
-The codec names in the array metadata are `xr0.jpeg` and `xr0.png`; `register_codecs()` makes them
-known to zarr (the store modules call it before opening anything).
+The codec names in the array metadata are `xr0.jpeg`, `xr0.png` and `xr0.video`; `register_codecs()`
+makes them known to zarr (the store modules call it before opening anything).
 """
 
 from __future__ import annotations
@@ -125,11 +127,12 @@ _REGISTERED = False
 
 
 def register_codecs() -> None:
-    """Make `xr0.jpeg` and `xr0.png` known to zarr (idempotent)."""
+    """Make `xr0.jpeg`, `xr0.png` and `xr0.video` known to zarr (idempotent)."""
     global _REGISTERED
     if not _REGISTERED:
         register_codec(JpegCodec.codec_name, JpegCodec)
         register_codec(PngCodec.codec_name, PngCodec)
+        register_codec(VideoCodec.codec_name, VideoCodec)
         _REGISTERED = True
 
 
@@ -140,3 +143,66 @@ def image_codec(name: str, jpeg_quality: int = 90) -> _ImageCodec:
     if name == "png":
         return PngCodec()
     raise ValueError(f"image codec must be jpeg or png, got {name!r}")
+
+
+@dataclass(frozen=True)
+class VideoCodec(ArrayBytesCodec):
+    """A chunk of N consecutive RGB frames, shape (N, H, W, 3) uint8, as one self-contained video segment
+    (AV1 or H.264, see `recording.video`): the archive tier. One chunk decodes to all of its frames."""
+
+    codec: str = "av1"
+    crf: int = 30
+    preset: str = "8"
+    fps: float = 30.0
+    is_fixed_size = False
+    codec_name = "xr0.video"
+
+    def __post_init__(self) -> None:
+        from recording.video import VideoSettings
+
+        VideoSettings(self.codec, int(self.crf), str(self.preset))  # raises on a bad setting
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VideoCodec:
+        _, config = parse_named_configuration(data, cls.codec_name, require_configuration=False)
+        return cls(**(config or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.codec_name,
+            "configuration": {
+                "codec": self.codec,
+                "crf": int(self.crf),
+                "preset": str(self.preset),
+                "fps": float(self.fps),
+            },
+        }
+
+    def validate(self, *, shape: Any, dtype: Any, chunk_grid: Any) -> None:
+        if dtype.to_native_dtype() != np.uint8 or len(shape) != 4 or shape[3] != 3:
+            raise ValueError(f"codec {self.codec_name} stores (N, H, W, 3) uint8 frames")
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        from recording.video import VideoSettings, encode_segment
+
+        frames = chunk_array.as_numpy_array()
+        settings = VideoSettings(self.codec, int(self.crf), str(self.preset))
+        return chunk_spec.prototype.buffer.from_bytes(encode_segment(frames, settings, self.fps))
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        from recording.video import decode_segment
+
+        want = tuple(chunk_spec.shape)
+        frames = decode_segment(chunk_bytes.as_numpy_array().tobytes(), self.codec, count=want[0])
+        if frames.shape != want:
+            raise ValueError(f"{self.codec_name}: decoded {frames.shape} frames where {want} were stored")
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(frames)
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
+        raise NotImplementedError(f"{self.codec_name} output has no fixed size")

@@ -19,6 +19,16 @@ class RecordingConfig:
     image_codec: Literal["jpeg", "png"] = "jpeg"
     # JPEG quality 1..100 (90 keeps ~45 dB PSNR on the simulator's frames; lower only to save disk).
     jpeg_quality: int = 90
+    # The archive tier, written by `xr0 dataset compact` after recording (never while recording): each
+    # camera as video segments of `archive_segment_steps` frames, each starting with a keyframe.
+    # Codec av1 (small; SVT-AV1 encoder) or h264 (faster to encode, larger), its constant-quality level
+    # (CRF: lower is better and larger) and speed preset (av1: 0..13, higher is faster; h264: ultrafast..
+    # veryslow). The default is chosen from `xr0 bench codecs` (docs/benchmarks.md): the smallest setting
+    # that keeps ≥ 38 dB PSNR on camera-like frames and compacts faster than real time on one core.
+    archive_codec: Literal["av1", "h264"] = "av1"
+    archive_crf: int = 30
+    archive_preset: str = "8"
+    archive_segment_steps: int = 30
     # Length of one episode in seconds, and the unrecorded pause after it for resetting the scene
     # (hardware only: the simulator resets itself).
     episode_seconds: float = 10.0
@@ -48,6 +58,13 @@ class RecordingConfig:
             )
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
+        if self.archive_codec not in ("av1", "h264"):
+            raise ValueError(f"archive_codec must be av1 or h264, got {self.archive_codec!r}")
+        top = 63 if self.archive_codec == "av1" else 51
+        if not 0 <= self.archive_crf <= top:
+            raise ValueError(f"archive_crf must be 0..{top} for {self.archive_codec}, got {self.archive_crf}")
+        if not 1 <= self.archive_segment_steps <= 300:
+            raise ValueError(f"archive_segment_steps must be 1..300, got {self.archive_segment_steps}")
         if not self.episode_seconds > 0:
             raise ValueError(f"episode_seconds must be > 0, got {self.episode_seconds}")
         if not self.reset_seconds >= 0:

@@ -17,12 +17,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 
 from recording.codecs import register_codecs
 from recording.schema import (
     COMMITTED,
+    COMPACT_PREFIX,
     DISCARDED_PREFIX,
     EPISODES_GROUP,
     StoreError,
@@ -69,9 +71,9 @@ def _leftovers(path: Path) -> list[Path]:
     found = []
     episodes = path / EPISODES_GROUP
     if episodes.is_dir():
-        found += [p for p in episodes.iterdir() if p.name.startswith(DISCARDED_PREFIX)]
+        found += [p for p in episodes.iterdir() if p.name.startswith((DISCARDED_PREFIX, COMPACT_PREFIX))]
     for dirpath, dirnames, files in os.walk(path):
-        dirnames[:] = [d for d in dirnames if not d.startswith(DISCARDED_PREFIX)]
+        dirnames[:] = [d for d in dirnames if not d.startswith((DISCARDED_PREFIX, COMPACT_PREFIX))]
         found += [Path(dirpath) / f for f in files if TEMP_FILE_RE.search(f)]
     return sorted(found)
 
@@ -114,7 +116,7 @@ def _check_episode(
         if tuple(arr.shape) != (length, *a.shape):
             problems.append(f"{where}: shape {tuple(arr.shape)} does not match the committed length {length}")
             continue
-        steps_per_file = spec.image_shard_steps if a.image else arr.chunks[0]
+        steps_per_file = _steps_per_file(arr)
         missing = [
             f for f in _chunk_files(directory / a.key, length, steps_per_file, arr.ndim) if not f.is_file()
         ]
@@ -124,10 +126,48 @@ def _check_episode(
             continue
         if a.image and not deep:
             continue
-        bad = _first_bad_step(arr, length, spec.image_shard_steps if a.image else max(length, 1))
+        if a.image and "segment_digests" in arr.attrs:
+            problems += _check_segments(arr, directory / a.key, where, length)
+            continue
+        bad = _first_bad_step(arr, length, steps_per_file if a.image else max(length, 1))
         if bad is not None:
             problems.append(f"{where}: step {bad[0]} is corrupted ({bad[1]})")
     return problems
+
+
+def _steps_per_file(arr: zarr.Array) -> int:
+    shards = getattr(arr, "shards", None)
+    return int((shards or arr.chunks)[0])
+
+
+def _check_segments(arr: zarr.Array, array_dir: Path, where: str, length: int) -> list[str]:
+    """An archived camera array: every segment decodes, to exactly the frames whose quality compaction
+    measured (the fingerprint of the decoder's output it recorded)."""
+    from recording.video import VideoError, segment_digest
+
+    digests = list(arr.attrs.get("segment_digests", []))
+    seg = int(arr.chunks[0])
+    codec = arr.metadata.codecs[0].to_dict().get("configuration", {}).get("codec", "av1")
+    if len(digests) != math.ceil(length / seg):
+        return [
+            f"{where}: {len(digests)} segment fingerprints recorded for {math.ceil(length / seg)} segments"
+        ]
+    for c, want in enumerate(digests):
+        step = c * seg
+        data = array_dir.joinpath("c", str(c), "0", "0", "0").read_bytes()
+        inner, stored = data[:-4], data[-4:]
+        if len(data) < 4 or np.uint32(google_crc32c.value(inner)).tobytes() != stored:
+            return [f"{where}: step {step} is corrupted (the segment's checksum does not match)"]
+        try:
+            got = segment_digest(inner, codec)
+        except VideoError as e:
+            return [f"{where}: step {step} is corrupted ({e})"]
+        if got != want:
+            return [
+                f"{where}: the segment at step {step} decodes to other frames than were measured when it "
+                f"was compacted (fingerprint {got}, recorded {want}): this PyAV/FFmpeg decoder differs"
+            ]
+    return []
 
 
 def validate(path: str | Path, deep: bool = False) -> ValidationReport:

@@ -1,7 +1,8 @@
 """Reading an episode store: episodes, lengths, tasks, any array slice, and training samples.
 
 `EpisodeStore(path)` lists the committed episodes (partial ones are reported, never read as data).
-`get(episode, key, steps)` decodes only the chunks the steps fall in: one JPEG per image step.
+`get(episode, key, steps)` decodes only the chunks the steps fall in: one JPEG per image step, or one video
+segment of an archived episode (`xr0 dataset compact`), kept decoded in a small cache for the steps after.
 `SampleIndex` numbers every step of every committed episode 0…N-1 for a training sampler, and
 `sample()` returns what one training example needs — images and state at t, actions t…t+H-1 — with one
 read per array. Low-dimensional arrays are small, so whole episodes of them are cached (bounded by bytes).
@@ -66,7 +67,9 @@ class SampleIndex:
 class EpisodeStore:
     """Read access to an xr0 episode store (safe while a recorder appends new episodes; call `refresh()`)."""
 
-    def __init__(self, path: str | Path, numeric_cache_mb: float = 256.0) -> None:
+    def __init__(
+        self, path: str | Path, numeric_cache_mb: float = 256.0, segment_cache_mb: float = 256.0
+    ) -> None:
         register_codecs()
         self.path = Path(path)
         self.attrs = check_store(self.path)
@@ -77,6 +80,10 @@ class EpisodeStore:
         self._cache: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = int(numeric_cache_mb * 2**20)
+        # decoded video segments of archived episodes: reading step t decodes its whole segment once
+        self._segments: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()
+        self._segments_bytes = 0
+        self._segments_limit = int(segment_cache_mb * 2**20)
         self.refresh()
 
     def refresh(self) -> None:
@@ -180,7 +187,41 @@ class EpisodeStore:
             raise TypeError(f"steps must be an int or a slice, got {type(steps).__name__}")
         if self.key_specs.get(key) is not None and not self.key_specs[key].image:
             return np.array(self._numeric(episode, key)[steps])
+        if isinstance(steps, int):
+            return self._frame(episode, key, steps)
         return self._read(episode, key, steps)
+
+    def _frame(self, episode: int, key: str, t: int) -> np.ndarray:
+        """One image step. From an archived episode (several frames per chunk) the whole segment is
+        decoded once and kept in a small LRU cache, so reading on through it costs no further decoding."""
+        arr = self.array(episode, key)
+        seg = int(arr.chunks[0])
+        if seg == 1:
+            return self._read(episode, key, t)
+        c = t // seg
+        cached = self._segments.get((episode, key, c))
+        if cached is None:
+            cached = self._read(episode, key, slice(c * seg, min((c + 1) * seg, arr.shape[0])))
+            cached.setflags(write=False)
+            self._segments[(episode, key, c)] = cached
+            self._segments_bytes += cached.nbytes
+            while self._segments_bytes > self._segments_limit and len(self._segments) > 1:
+                _, old = self._segments.popitem(last=False)
+                self._segments_bytes -= old.nbytes
+        else:
+            self._segments.move_to_end((episode, key, c))
+        return np.array(cached[t - c * seg])
+
+    def storage(self, episode: int) -> dict[str, Any]:
+        """How an episode's images are stored: {"tier": "live", codec…} or the archive tier's record."""
+        info = self.info(episode)
+        stored = info.get("storage")
+        if isinstance(stored, dict) and stored.get("tier") == "archive":
+            return stored
+        return {
+            "tier": "live",
+            "codec": {"name": self.spec.image_codec, "jpeg_quality": self.spec.jpeg_quality},
+        }
 
     def _numeric(self, episode: int, key: str) -> np.ndarray:
         """A whole low-dimensional array (a few kB per episode second), from an LRU cache bounded in bytes."""
@@ -222,7 +263,7 @@ class EpisodeStore:
         episode, t = self.sample_index.locate(i)
         out: dict[str, Any] = {"episode": episode, "step": t, "task": self._info[episode].get("task", "")}
         for key in self.image_keys if image_keys is None else image_keys:
-            out[key] = self._read(episode, key, t)
+            out[key] = self._frame(episode, key, t)
         out[state_key] = np.array(self._numeric(episode, state_key)[t])
         out[action_key], out[f"{action_key}_is_pad"] = self.window(episode, action_key, t, horizon)
         return out

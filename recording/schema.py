@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 EPISODES_GROUP = "episodes"
 EPISODE_RE = re.compile(r"^episode_(\d{6,})$")
 DISCARDED_PREFIX = ".discarded-"  # an episode being deleted is first renamed to this prefix
+COMPACT_PREFIX = ".compact-"  # an episode being compacted is built under this prefix, then swapped in
 TEMP_SUFFIX = ".partial"  # zarr writes each file as NAME.<uuid>.partial, then renames it into place
 
 # Episode status values (the commit marker).

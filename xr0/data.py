@@ -162,9 +162,14 @@ class Source:
         return self.train if name == "train" else self.val
 
 
-def open_store(path: str) -> EpisodeStore:
+# Decoded video segments a training reader keeps (archived stores): a segment-local window's segments of
+# every camera (8 segments × 3 views of 1 s at 640×480 ≈ 660 MB; per loader worker).
+TRAINING_SEGMENT_CACHE_MB = 1024.0
+
+
+def open_store(path: str, segment_cache_mb: float = 256.0) -> EpisodeStore:
     try:
-        return EpisodeStore(path)
+        return EpisodeStore(path, segment_cache_mb=segment_cache_mb)
     except StoreError as e:
         message = str(e)
         raise DataError(message if str(path) in message else f"dataset {path}: {message}") from e
@@ -247,6 +252,33 @@ def source_states(sources: Sequence[Source], privileged: Sequence[str] = ()):
 
 
 # -- sampling ---------------------------------------------------------------------------------------------
+def segment_groups(index: SampleIndex, segments: dict[int, int]) -> np.ndarray:
+    """For every flat index of `index`, the id of the video segment its step falls in (episode e's steps
+    in segments of `segments[e]` steps; 1 = per-frame storage, every step its own group). Repeated
+    episodes (start emphasis) share their segments' ids."""
+    parts = []
+    for episode, length in zip(index.episodes.tolist(), index.lengths.tolist(), strict=True):
+        seg = max(1, int(segments.get(episode, 1)))
+        parts.append(episode * (1 << 32) + np.arange(length, dtype=np.int64) // seg)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def segment_order(sources: Sequence[Source], window: int) -> tuple[list[np.ndarray] | None, int]:
+    """`MixtureSchedule`'s segment groups and window for `data.segment_window` (-1: auto)."""
+    segments = []
+    for source in sources:
+        store = open_store(source.path)
+        segments.append(
+            {e: int(store.storage(e).get("codec", {}).get("segment_steps", 1)) for e in store.episodes}
+        )
+    longest = max((max(s.values(), default=1) for s in segments), default=1)
+    if window == -1:
+        window = 8 * longest if longest > 1 else 0
+    if window <= 0:
+        return None, 0
+    return [segment_groups(s.split("draw"), seg) for s, seg in zip(sources, segments, strict=True)], window
+
+
 class MixtureSchedule:
     """Global sample number g → (source k, index i within its training split), from the seed alone.
 
@@ -255,8 +287,21 @@ class MixtureSchedule:
     draws are shuffled together.
     """
 
-    def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int) -> None:
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        weights: Sequence[float],
+        seed: int,
+        groups: Sequence[np.ndarray] | None = None,
+        window: int = 0,
+    ) -> None:
         self.sizes = [int(n) for n in sizes]
+        # Segment-local order (archived stores): `groups[k][i]` is the video segment of source k's index i.
+        # Each source's permutation then visits whole segments in random order, and the epoch's draws are
+        # shuffled only within windows of `window` draws — every index still once per cycle, but the
+        # steps of one segment are drawn close together, so a segment is decoded once for many samples.
+        self.groups = None if groups is None or window <= 0 else [np.asarray(g) for g in groups]
+        self.window = int(window)
         if not self.sizes or min(self.sizes) < 1:
             raise DataError("every dataset needs at least one training sample")
         self.seed = seed
@@ -270,7 +315,27 @@ class MixtureSchedule:
         self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _perm(self, k: int, cycle: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, 1, k, cycle]).permutation(self.sizes[k])
+        rng = np.random.default_rng([self.seed, 1, k, cycle])
+        if self.groups is None:
+            return rng.permutation(self.sizes[k])
+        ids, inverse = np.unique(self.groups[k], return_inverse=True)
+        rank = rng.permutation(len(ids))[inverse]  # a random order of segments …
+        return np.lexsort((rng.random(self.sizes[k]), rank))  # … each segment's steps shuffled inside it
+
+    def _order(self, e: int, src: np.ndarray) -> np.ndarray:
+        """How the sources' draws of epoch e are merged: a full shuffle, or (segment-local) an interleave
+        that keeps each source's order, shuffled within windows."""
+        rng = np.random.default_rng([self.seed, 2, e])
+        if self.groups is None:
+            return rng.permutation(self.epoch_length)
+        position = np.empty(self.epoch_length, dtype=np.float64)
+        for k, q in enumerate(self.quotas):
+            sel = np.flatnonzero(src == k)
+            position[sel] = (np.arange(q) + rng.random(q)) / q
+        order = np.argsort(position, kind="stable")
+        for start in range(0, self.epoch_length, self.window):
+            order[start : start + self.window] = rng.permutation(order[start : start + self.window])
+        return order
 
     def epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         cached = self._epochs.get(e)
@@ -286,8 +351,9 @@ class MixtureSchedule:
                 picked[sel] = self._perm(k, int(c))[pos[sel]]
             idx.append(picked)
             src.append(np.full(q, k, dtype=np.int64))
-        order = np.random.default_rng([self.seed, 2, e]).permutation(self.epoch_length)
-        result = (np.concatenate(src)[order], np.concatenate(idx)[order])
+        all_src = np.concatenate(src)
+        order = self._order(e, all_src)
+        result = (all_src[order], np.concatenate(idx)[order])
         self._epochs[e] = result
         while len(self._epochs) > 2:
             self._epochs.popitem(last=False)
@@ -351,7 +417,7 @@ class TrainingSamples(torch.utils.data.Dataset):
         if self._pid != os.getpid():  # a forked worker: zarr handles are not shared across processes
             self._stores, self._pid = {}, os.getpid()
         if k not in self._stores:
-            self._stores[k] = open_store(self.sources[k].path)
+            self._stores[k] = open_store(self.sources[k].path, TRAINING_SEGMENT_CACHE_MB)
         return self._stores[k]
 
     def __len__(self) -> int:

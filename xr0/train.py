@@ -33,6 +33,7 @@ from xr0.data import (
     eval_keys,
     make_loader,
     open_sources,
+    segment_order,
     source_states,
     source_windows,
     state_statistics,
@@ -275,8 +276,13 @@ class Trainer:
         )
         self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
         seed = cfg.seed
+        groups, window = segment_order(self.sources, cfg.data.segment_window)
         self.schedule = MixtureSchedule(
-            [len(s.split("draw")) for s in self.sources], [s.weight for s in self.sources], seed
+            [len(s.split("draw")) for s in self.sources],
+            [s.weight for s in self.sources],
+            seed,
+            groups,
+            window,
         )
         common = (self.processor, self.cameras, self.relative, cfg.data.horizon, cfg.data.robot_type)
         priv = cfg.data.privileged

@@ -44,6 +44,12 @@ class DataConfig:
     # `start_steps` steps of each training episode are drawn `start_repeat` extra times per epoch (0 = off).
     start_steps: int = 0
     start_repeat: int = 0
+    # Archived stores (`xr0 dataset compact`: video segments) decode a whole segment to read one frame.
+    # With a window > 0 the sampler visits each store's segments in random order and shuffles draws only
+    # within windows of this many samples, so one decoded segment serves many samples (each step is still
+    # drawn once per epoch). -1 (auto): 8 segments' worth when a store has archived episodes, else 0 (a
+    # uniform shuffle). 0: always uniform (slow on archived stores).
+    segment_window: int = -1
 
     def __post_init__(self) -> None:
         if self.weights and len(self.weights) != len(self.datasets):
@@ -55,6 +61,10 @@ class DataConfig:
         for cam in self.cameras:
             if cam not in CAMERAS:
                 raise ValueError(f"data.cameras: unknown camera {cam!r}; cameras are {', '.join(CAMERAS)}")
+        if self.segment_window < -1:
+            raise ValueError(
+                f"data.segment_window must be -1 (auto), 0 (off) or > 0, got {self.segment_window}"
+            )
         if self.horizon < 2:
             raise ValueError(f"data.horizon must be >= 2, got {self.horizon}")
         for name in ("val_episodes", "eval_samples", "num_workers", "start_steps", "start_repeat"):

@@ -8,6 +8,7 @@ import pytest
 
 from app.cli.commands.doctor import (
     Check,
+    check_codecs,
     check_disk,
     check_egl,
     check_ftdi_latency,
@@ -181,3 +182,15 @@ def test_run_checks_covers_every_check(tmp_path):
     assert names[-1] == "disk"
     assert all(check.fix for check in checks if check.status != "ok")
     assert len(format_checks(checks).splitlines()) == len(checks) + sum(c.status != "ok" for c in checks)
+
+
+def test_codecs_check_names_the_package_that_lacks_a_codec():
+    ok = check_codecs()
+    assert ok.status == "ok" and "archive: av1 (PyAV)" in ok.detail
+    lacking = check_codecs(
+        archive="av1", missing_video=lambda codec: "the installed PyAV 99 has no libsvtav1 encoder"
+    )
+    assert (
+        lacking.status == "warn"
+        and "archive codec av1: the installed PyAV 99 has no libsvtav1" in lacking.detail
+    )

@@ -1,6 +1,7 @@
 """`xr0 record`, `xr0 replay` and `xr0 dataset …` on the real simulator and real stores."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from drivers.errors import DeviceError
 from drivers.joints import JOINT_NAMES
 from recording.integrity import validate
 from recording.reader import EpisodeStore, recorded_seeds
+from recording.video import psnr
 
 SMALL = """
 cameras:
@@ -312,3 +314,29 @@ def test_a_killed_writer_is_reported_with_what_repair_recovers(tmp_path, capsys)
     repair(path, fsync=False)
     store = EpisodeStore(path)
     assert store.episodes == [0] and store.info(0)["length"] >= attempt["on_disk_steps"]
+
+
+def test_dataset_compact_then_every_reader_uses_the_archive(recorded, small_config, tmp_path, capsys):
+    cfg = ["--config", str(small_config)]
+    path = tmp_path / "archived.zarr"
+    shutil.copytree(recorded, path)
+    assert main(["dataset", "compact", "--dataset", str(path), "--crf", "99", *cfg]) != 0
+    assert "dataset compact: av1 crf must be 0..63, got 99" in capsys.readouterr().err
+    assert (
+        main(["dataset", "compact", "--dataset", str(path), "--episodes", "1", "--preset", "12", *cfg]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "compacted 1 episode(s) to av1 crf 30" in out and "PSNR (worst episode) cam_high" in out
+    assert main(["dataset", "info", "--dataset", str(path), "--json", *cfg]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["tiers"] == {"live": 1, "archive": 1}
+    codecs = info["per_camera"]["cam_high"]["codecs"]
+    assert codecs == {"jpeg q90": 1, "av1 crf 30 (30-frame segments)": 1}
+    assert main(["dataset", "validate", "--dataset", str(path), "--deep", *cfg]) == 0
+    original, archived = EpisodeStore(recorded), EpisodeStore(path)
+    frames = archived.get(1, "observation.images.cam_high")
+    assert psnr(frames, original.get(1, "observation.images.cam_high")) > 35
+    assert np.array_equal(archived.get(1, "action"), original.get(1, "action"))
+    argv = ["replay", *cfg, "--robot", "sim", "--dataset", str(path), "--episode", "1"]
+    assert main(argv) == 0
+    assert "largest joint-state difference to the recording: 0.00e+00" in capsys.readouterr().out

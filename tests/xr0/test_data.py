@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from recording.reader import EpisodeStore
+from recording.reader import EpisodeStore, SampleIndex
 from recording.writer import StoreWriter
 from tests.recording.synthetic import make_spec, make_step
 from xr0.augment import AugmentConfig, augment_views
@@ -21,6 +21,7 @@ from xr0.data import (
     action_statistics,
     make_loader,
     open_sources,
+    segment_groups,
     source_states,
     source_windows,
     state_statistics,
@@ -232,6 +233,27 @@ def test_mixture_schedule_covers_each_epoch_and_follows_the_weights():
     mix = MixtureSchedule([10, 10], [1.0, 3.0], seed=0)
     counts = np.bincount([mix[g][0] for g in range(200)], minlength=2)
     assert counts.tolist() == [50, 150]
+
+
+def test_segment_local_schedule_still_draws_every_step_once_but_few_segments_per_window():
+    index = SampleIndex.build([0, 1, 2], [70, 45, 100])
+    groups = segment_groups(index, {0: 30, 1: 30, 2: 30})
+    assert groups[29] == groups[0] != groups[30] and groups[70] != groups[69]  # per episode, not flat
+    local = MixtureSchedule([len(index)], [1.0], seed=0, groups=[groups], window=60)
+    uniform = MixtureSchedule([len(index)], [1.0], seed=0)
+    n = len(index)
+    for schedule in (local, uniform):
+        for e in range(2):
+            assert sorted(schedule[g][1] for g in range(e * n, (e + 1) * n)) == list(range(n))
+
+    def segments_per_window(schedule):
+        picks = [schedule[g][1] for g in range(n)]
+        return np.mean([len(set(groups[picks[s : s + 30]])) for s in range(0, n - 30, 30)])
+
+    assert segments_per_window(local) <= 3.0 < 6.0 <= segments_per_window(uniform)
+    two = MixtureSchedule([len(index), 40], [1.0, 1.0], 0, [groups, np.arange(40)], window=60)
+    src = np.array([two[g][0] for g in range(two.epoch_length)])
+    assert np.bincount(src).tolist() == two.quotas == [128, 127]  # the weights hold with the local order too
 
 
 def test_ranks_split_each_global_batch_into_contiguous_parts():

@@ -1,4 +1,4 @@
-"""`xr0 dataset info|validate|repair|stats|view --dataset PATH` — inspect and look after an episode store.
+"""`xr0 dataset info|validate|repair|compact|stats|view --dataset PATH` — inspect and look after a store.
 
 PATH is a store path, or a bare NAME under recording.root (as `xr0 record --dataset` takes it).
 """
@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "info": "summary of a store: episodes, tasks, success, flagged episodes, size",
     "validate": "check every committed episode and name partial ones (exit 1 if anything is wrong)",
     "repair": "recover partial episodes up to their last flush (or --drop them), remove leftovers",
+    "compact": "re-encode finished episodes' cameras as video segments (the archive tier; resumable)",
     "stats": "normalisation statistics of a store in one pass (printed; stored with the data with --write)",
     "view": "show one episode (cameras, joints, actions) in Rerun",
     "export-lerobot": "write a store as a LeRobotDataset v3 (through lerobot itself, in its own environment)",
@@ -75,6 +76,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             s.add_argument(
                 "--drop", action="store_true", help="drop partial episodes instead of recovering them"
             )
+        elif name == "compact":
+            s.add_argument(
+                "--episodes", default=None, help="only these episodes, e.g. 0,3,5-9 (default: all finished)"
+            )
+            s.add_argument(
+                "--codec", choices=("av1", "h264"), default=None, help="default: recording.archive_codec"
+            )
+            s.add_argument("--crf", type=int, default=None, help="default: recording.archive_crf")
+            s.add_argument("--preset", default=None, help="default: recording.archive_preset")
+            s.add_argument(
+                "--segment-steps", type=int, default=None, help="default: recording.archive_segment_steps"
+            )
+            s.add_argument(
+                "--threads",
+                type=int,
+                default=1,
+                help="cameras encoded at once (default 1: one core, leaving the rest to a recording)",
+            )
+            s.add_argument("--json", action="store_true", help="print the report as JSON")
         elif name == "stats":
             s.add_argument(
                 "--horizon",
@@ -117,9 +137,8 @@ def run(args: argparse.Namespace, config: AppConfig) -> int:
             print(f"pulled {args.repo_id} into {path} (validated)")
         return 0
     try:
-        return {"info": _info, "validate": _validate, "repair": _repair, "stats": _stats, "view": _view}[
-            args.sub
-        ](args, config, path)
+        commands = {"info": _info, "validate": _validate, "repair": _repair, "compact": _compact}
+        return {**commands, "stats": _stats, "view": _view}[args.sub](args, config, path)
     except StoreError as e:
         raise UserError(str(e)) from e
 
@@ -152,6 +171,24 @@ def summary(path: Path) -> dict[str, Any]:
     for t in store.tasks:
         tasks[t] = tasks.get(t, 0) + 1
     size = bytes_on_disk(path)
+    cameras: dict[str, dict[str, Any]] = {}
+    for cam in store.spec.cameras:
+        key = f"observation.images.{cam}"
+        cam_bytes = sum(
+            bytes_on_disk(store.path / "episodes" / f"episode_{e:06d}" / key) for e in store.episodes
+        )
+        codecs: dict[str, int] = {}
+        for e in store.episodes:
+            name = _codec_name(store.storage(e))
+            codecs[name] = codecs.get(name, 0) + 1
+        cameras[cam] = {
+            "bytes": cam_bytes,
+            "bytes_per_minute": round(cam_bytes / (seconds / 60)) if seconds else None,
+            "codecs": codecs,
+        }
+    tiers = {"live": 0, "archive": 0}
+    for e in store.episodes:
+        tiers[store.storage(e)["tier"]] += 1
     return {
         "path": str(path),
         "format": f"{store.attrs['format']} v{store.attrs['format_version']}",
@@ -170,6 +207,8 @@ def summary(path: Path) -> dict[str, Any]:
         "interrupted": [i["index"] for i in infos if i.get("interrupted")],
         "bytes": size,
         "bytes_per_minute": round(size / (seconds / 60)) if seconds else None,
+        "per_camera": cameras,
+        "tiers": tiers,
         "stats_computed": (store.stats or {}).get("computed_utc"),
         "episode_table": [
             {
@@ -183,6 +222,15 @@ def summary(path: Path) -> dict[str, Any]:
             for i in infos
         ],
     }
+
+
+def _codec_name(storage: dict[str, Any]) -> str:
+    codec = storage.get("codec", {})
+    if storage.get("tier") == "archive":
+        return f"{codec.get('codec')} crf {codec.get('crf')} ({codec.get('segment_steps')}-frame segments)"
+    if codec.get("name") == "jpeg":
+        return f"jpeg q{codec.get('jpeg_quality')}"
+    return str(codec.get("name"))
 
 
 def _info(args: argparse.Namespace, config: AppConfig, path: Path) -> int:
@@ -209,6 +257,12 @@ def _info(args: argparse.Namespace, config: AppConfig, path: Path) -> int:
     print(f"  flagged (loop rate below target): {flagged if flagged else 'none'}")
     per_min = f", {s['bytes_per_minute'] / 1e6:.1f} MB per minute" if s["bytes_per_minute"] else ""
     print(f"  size: {s['bytes'] / 1e6:.1f} MB{per_min}")
+    tiers = s["tiers"]
+    print(f"  storage: {tiers['live']} episode(s) live (per-frame), {tiers['archive']} archived (video)")
+    for cam, c in s["per_camera"].items():
+        rate = f"{c['bytes_per_minute'] / 1e6:.1f} MB/min" if c["bytes_per_minute"] else "-"
+        codecs = ", ".join(f"{name} ×{n}" for name, n in c["codecs"].items())
+        print(f"    {cam}: {rate}  {codecs}")
     if s["stats_computed"]:  # only for other tools: `xr0 train` computes its own in the model's space
         print(f"  stored statistics: computed {s['stats_computed']} ({prog()} dataset stats --write)")
     for e in s["episode_table"]:
@@ -257,6 +311,50 @@ def _repair(args: argparse.Namespace, config: AppConfig, path: Path) -> int:
     for problem in report.problems:
         print(f"problem repair cannot fix: {problem}")
     return 1 if report.problems else 0
+
+
+def episode_list(text: str) -> list[int]:
+    """ "0,3,5-9" -> [0, 3, 5, 6, 7, 8, 9]; one sentence naming --episodes when it is not that."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UserError(f"--episodes must be indices and ranges like 0,3,5-9, got {text!r}") from None
+    return out
+
+
+def _compact(args: argparse.Namespace, config: AppConfig, path: Path) -> int:
+    from recording.compact import ArchiveSettings, compact
+    from recording.schema import StoreError
+
+    rec = config.recording
+    try:
+        settings = ArchiveSettings(
+            codec=args.codec or rec.archive_codec,
+            crf=rec.archive_crf if args.crf is None else args.crf,
+            preset=rec.archive_preset if args.preset is None else args.preset,
+            segment_steps=rec.archive_segment_steps if args.segment_steps is None else args.segment_steps,
+            threads=args.threads,
+        )
+    except (ValueError, StoreError) as e:
+        raise UserError(f"dataset compact: {e}") from None
+    episodes = episode_list(args.episodes) if args.episodes else None
+    report = compact(path, settings, episodes).as_dict()
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    if not report["compacted"]:
+        print(f"nothing to compact: {report['already_archived']} episode(s) already archived")
+        return 0
+    psnr = ", ".join(f"{cam} {db:.1f} dB" for cam, db in report["psnr_db_worst_episode"].items())
+    print(
+        f"compacted {report['compacted']} episode(s) to {settings.codec} crf {settings.crf}: "
+        f"{report['bytes_before'] / 1e6:.1f} MB → {report['bytes_after'] / 1e6:.1f} MB "
+        f"({report['ratio']}× smaller), {report['realtime']}× real time; PSNR (worst episode) {psnr}"
+    )
+    return 0
 
 
 def _stats(args: argparse.Namespace, config: AppConfig, path: Path) -> int:

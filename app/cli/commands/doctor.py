@@ -435,6 +435,34 @@ def check_loop_priority(probe: Callable[[], tuple[bool, bool]] | None = None) ->
     )
 
 
+def check_codecs(
+    live: tuple[str, ...] = ("jpeg", "png"),
+    archive: str = "av1",
+    missing_video: Callable[[str], str | None] | None = None,
+) -> Check:
+    """The live tier's image codecs (imagecodecs) and the archive tier's video codec (PyAV) are usable."""
+    import imagecodecs
+
+    from recording.video import missing
+
+    problems = []
+    for name in live:
+        codec = getattr(imagecodecs, {"jpeg": "JPEG8", "png": "PNG"}[name], None)
+        if codec is None or not codec.available:
+            problems.append(f"the installed imagecodecs {imagecodecs.__version__} lacks {name}")
+    why = (missing_video or missing)(archive)
+    if why:
+        problems.append(f"archive codec {archive}: {why}")
+    if problems:
+        return Check(
+            "codecs",
+            "fail" if len(problems) > 1 or not why else "warn",
+            "; ".join(problems),
+            "pip install --force-reinstall imagecodecs av (in the project's environment: ./xr0w)",
+        )
+    return Check("codecs", "ok", f"live: {', '.join(live)} (imagecodecs); archive: {archive} (PyAV)")
+
+
 # --- running and reporting ------------------------------------------------------------------------
 
 
@@ -454,6 +482,7 @@ def run_checks(
     serial_ports: Sequence[str] = (),
     realsense_serials: Sequence[str] = (),
     packages: Sequence[tuple[str, str]] = DEFAULT_PACKAGES,
+    archive_codec: str = "av1",
 ) -> list[Check]:
     """Run every check, in the order an operator would fix them."""
     steps: list[tuple[str, Callable[[], Check | list[Check]]]] = [
@@ -467,6 +496,7 @@ def run_checks(
         ("realsense", lambda: check_realsense(realsense_serials)),
         ("gpu", check_gpu),
         ("loop-priority", check_loop_priority),
+        ("codecs", lambda: check_codecs(archive=archive_codec)),
         ("disk", lambda: check_disk(data_root)),
     ]
     checks: list[Check] = []
@@ -507,6 +537,11 @@ def run(args: argparse.Namespace, config: AppConfig) -> int:
         if on_hardware
         else []
     )
-    checks = run_checks(data_root=config.data_root, serial_ports=ports, realsense_serials=serials)
+    checks = run_checks(
+        data_root=config.data_root,
+        serial_ports=ports,
+        realsense_serials=serials,
+        archive_codec=config.recording.archive_codec,
+    )
     print(format_checks(checks))
     return exit_code(checks)
