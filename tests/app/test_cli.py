@@ -65,6 +65,7 @@ def test_every_benchmark_of_the_design_is_there():
         "async",
         "server",
         "soak",
+        "codecs",
     }
 
 

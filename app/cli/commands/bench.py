@@ -32,6 +32,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "async": ("async vs sync vs async-naive in the simulator", "app.bench.async_modes"),
     "server": ("a good client's chunk latency beside hostile and greedy clients", "app.bench.server"),
     "soak": ("a long async rollout over the wire, recorded and logged: drift per minute", "app.bench.soak"),
+    "codecs": (
+        "bytes per minute, PSNR/SSIM, encode speed and random access per image/video codec",
+        "app.bench.codecs",
+    ),
 }
 
 
