@@ -49,11 +49,18 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lerobot", choices=("video", "images", "off"), default="video",
                    help="LeRobot export format to compare with (off: skip)")  # fmt: skip
     p.add_argument("--keep", default=None, help="keep the generated store and export in this folder")
+    p.add_argument("--content", choices=("shapes", "camera"), default="shapes",
+                   help="synthetic images: moving shapes, or camera-like photographs (app/bench/content.py)")  # fmt: skip
+    p.add_argument("--archive", action="store_true",
+                   help="also compact the store (recording.archive_*) and time the archive tier")  # fmt: skip
 
 
 # -- a synthetic store ------------------------------------------------------------------------------------
-def synthesize(path: Path, episodes: int, steps: int, height: int, width: int, views: int) -> None:
-    """Episodes with every key of the schema: moving coloured shapes on gradients, random-walk joints."""
+def synthesize(
+    path: Path, episodes: int, steps: int, height: int, width: int, views: int, content: str = "shapes"
+) -> None:
+    """Episodes with every key of the schema: moving coloured shapes on gradients (or camera-like
+    photographs, `content="camera"`), random-walk joints."""
     import numpy as np
 
     from drivers.joints import JOINT_NAMES
@@ -73,6 +80,12 @@ def synthesize(path: Path, episodes: int, steps: int, height: int, width: int, v
         for e in range(episodes):
             ep = writer.begin_episode({"task": "transfer the cube to the other arm"}, capacity=steps)
             q = rng.normal(0, 0.3, 14)
+            photos = None
+            if content == "camera":
+                from app.bench.content import camera_like
+
+                cams = tuple(spec.cameras)
+                photos = camera_like(steps / 30.0, cameras=cams, height=height, width=width, seed=e)
             for t in range(steps):
                 q = q + rng.normal(0, 0.01, 14)
                 step = {a.key: np.zeros(a.shape, a.dtype) for a in spec.arrays() if not a.image}
@@ -84,7 +97,8 @@ def synthesize(path: Path, episodes: int, steps: int, height: int, width: int, v
                     cx, cy = (40 + 3 * t + 50 * k) % width, (height // 2 + 20 * e) % height
                     img = np.stack([(xx * 255 // width), (yy * 255 // height), np.full_like(xx, 60 * k)], -1)
                     img[(xx - cx) ** 2 + (yy - cy) ** 2 < 400] = (200, 30, 30)
-                    step[f"observation.images.{cam}"] = (img + rng.integers(0, 8, img.shape)).astype(np.uint8)
+                    img = (img + rng.integers(0, 8, img.shape)).astype(np.uint8)
+                    step[f"observation.images.{cam}"] = img if photos is None else photos[cam][t]
                     step[f"observation.images.{cam}.index"] = t
                 ep.append(step)
             ep.commit()
@@ -145,6 +159,18 @@ def _loader_rate(
     return n / (time.perf_counter() - t0)
 
 
+def sample_order(path: str, count: int) -> list[int]:
+    """The first `count` flat indices a training run would draw from this store: uniformly random for
+    per-frame (live) episodes, segment-local for archived ones (`data.segment_window` auto)."""
+    from xr0.data import MixtureSchedule, open_sources, segment_order
+    from xr0.train_config import DataConfig
+
+    sources = open_sources(DataConfig(datasets=(path,), val_episodes=0), [])
+    groups, window = segment_order(sources, -1)
+    schedule = MixtureSchedule([len(sources[0].train)], [1.0], 0, groups, window)
+    return [schedule[g][1] for g in range(count)]
+
+
 def _ours(path: str, cameras: Sequence[str], horizon: int, samples: int, workers: int) -> dict:
     import numpy as np
 
@@ -155,8 +181,7 @@ def _ours(path: str, cameras: Sequence[str], horizon: int, samples: int, workers
     from xr0.train_config import DataConfig
 
     raw = RawSamples(path, cameras, horizon)
-    n = len(raw)
-    indices = np.random.default_rng(0).integers(0, n, samples + 8).tolist()
+    indices = sample_order(path, samples + 8)
     out = {
         "raw_1proc": round(_rate(raw.__getitem__, indices), 1),
         f"raw_{workers}workers": round(_loader_rate(raw, indices, workers), 1),
@@ -176,6 +201,65 @@ def _ours(path: str, cameras: Sequence[str], horizon: int, samples: int, workers
     )
     out["pipeline_1proc"] = round(_rate(pipeline.__getitem__, keys[: max(16, samples // 4)]), 1)
     return out
+
+
+def _ours_uniform(path: str, cameras: Sequence[str], horizon: int, samples: int) -> float:
+    """Samples/s at uniformly random steps, one process (what segment-local order avoids)."""
+    import numpy as np
+
+    raw = RawSamples(path, cameras, horizon)
+    indices = np.random.default_rng(0).integers(0, len(raw), max(8, samples // 4)).tolist()
+    return round(_rate(raw.__getitem__, indices), 1)
+
+
+def _image_bytes(path: Path, cameras: Sequence[str]) -> int:
+    from app.compose.store import bytes_on_disk
+
+    return sum(
+        bytes_on_disk(d / f"observation.images.{cam}")
+        for d in (path / "episodes").iterdir()
+        for cam in cameras
+    )
+
+
+def _lerobot_video(export: Path, store: Any, cameras: Sequence[str]) -> dict[str, Any]:
+    """LeRobot's video files: bytes, and PSNR of every decoded frame against the store's frames (the
+    frames LeRobot was given), per camera."""
+    import av
+    import numpy as np
+
+    out: dict[str, Any] = {"bytes": 0, "psnr_db": {}}
+    for cam in cameras:
+        files = sorted((export / "videos" / f"observation.images.{cam}").rglob("*.mp4"))
+        out["bytes"] += sum(f.stat().st_size for f in files)
+        decoded = []
+        for f in files:
+            with av.open(str(f)) as container:
+                decoded += [fr.to_ndarray(format="rgb24") for fr in container.decode(video=0)]
+        key = f"observation.images.{cam}"
+        ours = np.concatenate([store.get(e, key) for e in store.episodes])
+        if len(decoded) != len(ours):
+            out["psnr_db"][cam] = f"{len(decoded)} frames decoded for {len(ours)} steps"
+            continue
+        errors = [np.mean((a.astype(np.float64) - b) ** 2) for a, b in zip(decoded, ours, strict=True)]
+        out["psnr_db"][cam] = round(float(10 * np.log10(255.0**2 / np.mean(errors))), 2)
+    return out
+
+
+def _archive(path: Path, out: Path, config: AppConfig) -> dict[str, Any]:
+    """A compacted copy of the store (the archive tier with the configured codec)."""
+    import shutil
+
+    from recording.compact import ArchiveSettings, compact
+
+    rec = config.recording
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(path, out)
+    settings = ArchiveSettings(
+        rec.archive_codec, rec.archive_crf, rec.archive_preset, rec.archive_segment_steps
+    )
+    log.info("compacting a copy to %s crf %d …", settings.codec, settings.crf)
+    return {"path": out, "report": compact(out, settings, nice=0).as_dict()}
 
 
 # -- the LeRobot side (runs inside the LeRobot environment) -------------------------------------------------
@@ -250,7 +334,9 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
             path = work / "bench.zarr"
             if not path.exists():
                 log.info("writing %d synthetic episodes of %d steps …", args.episodes, args.episode_steps)
-                synthesize(path, args.episodes, args.episode_steps, args.height, args.width, args.views)
+                synthesize(
+                    path, args.episodes, args.episode_steps, args.height, args.width, args.views, args.content
+                )
             store = EpisodeStore(path)
             cameras = list(CAMERAS[: args.views])
         if len(cameras) < args.views:
@@ -269,16 +355,31 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
         }
         log.info("timing our store …")
         result["ours"] = _ours(str(path), cameras, args.horizon, args.samples, args.workers)
+        result["ours"]["image_bytes"] = _image_bytes(path, cameras)
+        if args.archive:
+            archived = _archive(path, work / "archive.zarr", config)
+            result["archive"] = {
+                "compact": archived["report"],
+                "image_bytes": _image_bytes(archived["path"], cameras),
+                "uniform_1proc": _ours_uniform(str(archived["path"]), cameras, args.horizon, args.samples),
+                **_ours(str(archived["path"]), cameras, args.horizon, args.samples, args.workers),
+            }
         if args.lerobot != "off":
             export = work / f"lerobot-{args.lerobot}"
             shutil.rmtree(export, ignore_errors=True)
             log.info("exporting to LeRobot (%s) and timing LeRobotDataset …", args.lerobot)
             lr = _lerobot(path, export, args.lerobot, args.samples, args.horizon, args.workers)
+            if args.lerobot == "video":
+                lr["video"] = _lerobot_video(export, store, cameras)
             result["lerobot"] = lr
             ours = result["ours"]
             result["speedup_1proc"] = round(ours["raw_1proc"] / lr["1proc"], 2)
             key = f"{args.workers}workers"
             result[f"speedup_{key}"] = round(ours[f"raw_{key}"] / lr[key], 2)
+            if args.archive:
+                arc = result["archive"]
+                result["archive_speedup_1proc"] = round(arc["raw_1proc"] / lr["1proc"], 2)
+                result[f"archive_speedup_{key}"] = round(arc[f"raw_{key}"] / lr[key], 2)
         result["machine"] = machine()
         return result
     finally:

@@ -55,6 +55,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=640, help="camera width in pixels")
     p.add_argument("--height", type=int, default=480, help="camera height in pixels")
     p.add_argument("--frames", type=int, default=60, help="distinct rendered steps cycled through")
+    p.add_argument("--content", choices=("sim", "camera"), default="sim",
+                   help="the simulator's frames, or camera-like photographs with noise (app/bench/content.py)")  # fmt: skip
     p.add_argument("--read-seconds", type=float, default=5.0, help="how long random training reads are timed")
     p.add_argument("--dir", default=None, help="where the temporary store goes (default: a temp dir)")
 
@@ -240,10 +242,18 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     fps = config.control.fps
     log.info("rendering %d steps of 3 cameras at %dx%d …", args.frames, args.width, args.height)
     frames = render_frames(config, args.frames, args.width, args.height)
+    if args.content == "camera":  # the simulator's joints, camera-like images in place of its renders
+        from app.bench.content import camera_like
+
+        photos = camera_like(
+            args.frames / fps, fps=fps, cameras=CAMERAS, height=args.height, width=args.width
+        )
+        frames = [replace(obs, images={c: photos[c][k] for c in CAMERAS}) for k, obs in enumerate(frames)]
     root = Path(tempfile.mkdtemp(prefix="xr0-bench-recorder-", dir=args.dir))
     try:
         result: dict = {
             "bench": "recorder",
+            "content": args.content,
             "cameras": len(CAMERAS),
             "width": args.width,
             "height": args.height,

@@ -42,6 +42,15 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", default=None, help="keep the store and the .rrd here (default: a temporary folder)"
     )
+    p.add_argument(
+        "--viz", action=argparse.BooleanOptionalAction, default=True, help="log to an .rrd file (default: on)"
+    )
+    p.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="diagnose RSS growth: count the loop process's Python objects by type each minute and report "
+        "the kinds that grew (pauses the loop briefly: lateness figures of such a run do not count)",
+    )
 
 
 def rss_mb(pid: int) -> float | None:
@@ -87,6 +96,8 @@ class MinuteSampler:
         self._marks = self._counters()
         self._sizes = {k: 0.0 for k in files}
         self._threads: list[threading.Thread] = []
+        self._snapshot: Any = None
+        self.trace_memory = False
 
     def _counters(self) -> dict[str, Any]:
         st = self.runner.stats
@@ -117,6 +128,16 @@ class MinuteSampler:
 
     def _finish(self, row: dict) -> None:
         row["rss_mb"] = {name: rss_mb(pid) for name, pid in self.pids.items()}
+        if self.trace_memory:  # which kinds of Python objects accumulate (cheap: a count by type)
+            import gc
+            from collections import Counter
+
+            counts = Counter(type(o).__name__ for o in gc.get_objects())
+            arrays = sum(o.nbytes for o in gc.get_objects() if isinstance(o, np.ndarray))
+            if self._snapshot is not None:
+                grew = (counts - self._snapshot).most_common(8)
+                row["python_growth"] = {"objects": dict(grew), "ndarray_mb": round(arrays / 2**20, 1)}
+            self._snapshot = counts
         for k, path in self.files.items():
             size = folder_mb(path)
             row[f"{k}_growth_mb"] = round(size - self._sizes[k], 2)
@@ -204,8 +225,10 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
             raise UserError(f"bench soak needs the recorder: {note}")
         publisher.subscribers.append(recorder)
         rrd = folder / "soak.rrd"
-        viz = RerunLogger(Sink("file", path=rrd), cfg.viz, cameras=list(cfg.cameras), with_chunks=True)
-        publisher.subscribers.append(viz)
+        viz = None
+        if args.viz:
+            viz = RerunLogger(Sink("file", path=rrd), cfg.viz, cameras=list(cfg.cameras), with_chunks=True)
+            publisher.subscribers.append(viz)
         writer = next(c for c in multiprocessing.active_children() if c.name == "xr0-recorder-writer")
         sampler = MinuteSampler(
             cfg.control.fps,
@@ -213,8 +236,12 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
             rig.robot,
             {"loop": os.getpid(), "writer": writer.pid, "server": server.pid},
             {"store": folder / "bench_loop.zarr", "rrd": rrd},
-            {"recorder_overflows": lambda: recorder.recorder.overflows, "viz_dropped": lambda: viz.dropped},
+            {
+                "recorder_overflows": lambda: recorder.recorder.overflows,
+                "viz_dropped": lambda: viz.dropped if viz is not None else 0,
+            },
         )
+        sampler.trace_memory = args.trace_memory
         publisher.subscribers.append(sampler)
         session = RolloutSession(
             rig, runner, cfg.control.fps, publisher, cfg.policy.episode_seconds,
