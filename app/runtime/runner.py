@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,6 +37,7 @@ from xr0.boundary import Policy, PolicyObservation
 
 log = logging.getLogger(__name__)
 _ARM_JOINTS = np.array([i for i in range(STATE_DIM) if i not in GRIPPER_INDICES])
+SWITCH_HISTORY = 2000  # answered requests kept in `PolicyRunner.switches` (~10 min of chunks at 3 per second)
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,9 @@ class PolicyRunner:
         )
         self.worker = InferenceWorker(policy, clock, simulated=isinstance(clock, SimClock))
         self.stats = RunnerStats()
-        self.switches: list[Switch] = []  # every answered request, in order (tests and summaries)
+        # the latest answered requests, in order (tests and summaries); bounded, so that a long rollout's
+        # memory does not grow with every chunk (each holds its chunk: ~5 kB)
+        self.switches: deque[Switch] = deque(maxlen=SWITCH_HISTORY)
         self.episode = 0
         self.estopped = False
         self.estop_t_ns: int | None = None  # when the hold was sent
