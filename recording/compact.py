@@ -50,7 +50,7 @@ from recording.schema import (
     episode_attrs,
     episode_dirs,
 )
-from recording.video import VideoSettings, decode_with_digest, missing, psnr
+from recording.video import MAX_AV1_PRESET, VideoSettings, decode_with_digest, missing
 from recording.writer import StoreWriter, fsync_tree, utc_now
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,18 @@ class ArchiveSettings:
     """The archive tier's codec: video codec, CRF, preset and frames per segment (= per Zarr chunk)."""
 
     codec: str = "av1"
-    crf: int = 30
-    preset: str = "8"
+    crf: int = 20
+    preset: str = "10"
     segment_steps: int = 30
     threads: int = 1  # cameras encoded at once (1: one core, safe beside a recording)
 
     def __post_init__(self) -> None:
         VideoSettings(self.codec, int(self.crf), str(self.preset))
+        if self.codec == "av1" and str(self.preset).isdigit() and int(self.preset) > MAX_AV1_PRESET:
+            raise StoreError(
+                f"av1 preset must be 0..{MAX_AV1_PRESET} for the archive: SVT-AV1's faster presets are for "
+                "tooling only (preset 12 made a segment that dav1d refuses to decode)"
+            )
         if not 1 <= int(self.threads) <= 64:
             raise StoreError(f"threads must be 1..64, got {self.threads}")
         if not 1 <= int(self.segment_steps) <= 300:
@@ -195,11 +200,12 @@ def _compact_episode(
             decoded, digest = decode_with_digest(_chunk_bytes(new / key, start // seg), settings.codec)
             decoded = decoded[: len(frames)]
             digests.append(digest)
-            worst = min(worst, psnr(decoded, frames))
-            squared += float(np.sum((decoded.astype(np.float64) - frames) ** 2))
+            diff = decoded.astype(np.int32) - frames  # integer arithmetic: exact, and faster than float64
+            seg_squared = float(np.square(diff).sum(dtype=np.int64))
+            worst = min(worst, _psnr_of(seg_squared, diff.size))
+            squared += seg_squared
             bar.update(len(frames))
-        mse = squared / max(1, length * int(np.prod(shape)))
-        mean = float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+        mean = _psnr_of(squared, length * int(np.prod(shape)))
         arr.update_attributes({"segment_digests": digests})
         return key, {"psnr_db": round(mean, 2), "worst_segment_psnr_db": round(worst, 2)}
 
@@ -223,6 +229,11 @@ def _compact_episode(
     os.rename(new, trash)  # `new` now holds the old episode
     shutil.rmtree(trash, ignore_errors=True)
     return storage
+
+
+def _psnr_of(squared: float, count: int) -> float:
+    mse = squared / max(1, count)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def _chunk_bytes(array_dir: Path, chunk: int) -> bytes:

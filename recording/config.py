@@ -22,12 +22,14 @@ class RecordingConfig:
     # The archive tier, written by `xr0 dataset compact` after recording (never while recording): each
     # camera as video segments of `archive_segment_steps` frames, each starting with a keyframe.
     # Codec av1 (small; SVT-AV1 encoder) or h264 (faster to encode, larger), its constant-quality level
-    # (CRF: lower is better and larger) and speed preset (av1: 0..13, higher is faster; h264: ultrafast..
-    # veryslow). The default is chosen from `xr0 bench codecs` (docs/benchmarks.md): the smallest setting
-    # that keeps ≥ 38 dB PSNR on camera-like frames and compacts faster than real time on one core.
+    # (CRF: lower is better and larger) and speed preset (av1: 0..10, higher is faster; h264: ultrafast..
+    # veryslow). The default (av1, crf 20, preset 10) follows the rule in docs/benchmarks.md ("xr0 bench
+    # codecs"): the slowest preset that still encodes faster than real time on 2 cores, and the CRF that
+    # keeps LeRobot's PSNR or better at no more than its bytes on camera-like frames. Simulator frames
+    # want preset 8 (or h264 crf 18) for the same: set it here.
     archive_codec: Literal["av1", "h264"] = "av1"
-    archive_crf: int = 30
-    archive_preset: str = "8"
+    archive_crf: int = 20
+    archive_preset: str = "10"
     archive_segment_steps: int = 30
     # Length of one episode in seconds, and the unrecorded pause after it for resetting the scene
     # (hardware only: the simulator resets itself).
@@ -63,6 +65,13 @@ class RecordingConfig:
         top = 63 if self.archive_codec == "av1" else 51
         if not 0 <= self.archive_crf <= top:
             raise ValueError(f"archive_crf must be 0..{top} for {self.archive_codec}, got {self.archive_crf}")
+        if self.archive_codec == "av1" and not (
+            self.archive_preset.isdigit() and int(self.archive_preset) <= 10
+        ):
+            raise ValueError(
+                f"archive_preset must be 0..10 for av1 (faster presets are SVT-AV1's tooling modes), got "
+                f"{self.archive_preset!r}"
+            )
         if not 1 <= self.archive_segment_steps <= 300:
             raise ValueError(f"archive_segment_steps must be 1..300, got {self.archive_segment_steps}")
         if not self.episode_seconds > 0:

@@ -28,6 +28,9 @@ FORMAT = 1
 
 # codec name in settings → (PyAV encoder, PyAV decoder)
 CODECS = {"av1": ("libsvtav1", "libdav1d"), "h264": ("libx264", "h264")}
+# SVT-AV1 presets 11-13 are "meant for automation tooling"; 12 made a segment of simulator frames that
+# dav1d rejects (SVT-AV1 4.1). The archive tier allows 0..10 (the benchmark may still measure faster ones).
+MAX_AV1_PRESET = 10
 
 
 class VideoError(ValueError):
@@ -51,6 +54,7 @@ class VideoSettings:
         top = 63 if self.codec == "av1" else 51
         if not 0 <= int(self.crf) <= top:
             raise VideoError(f"{self.codec} crf must be 0..{top}, got {self.crf}")
+
         if int(self.gop) < 0 or int(self.threads) < 0:
             raise VideoError(f"gop and threads must be >= 0, got {self.gop} and {self.threads}")
 

@@ -572,6 +572,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     from recording.progress import progress_bar
+    from recording.video import VideoError
 
     sources = [s.strip() for s in args.content.split(",") if s.strip()]
     bad = [s for s in sources if s not in SOURCES]
@@ -634,9 +635,15 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
                     block["rows"].append({"name": row.name, "skipped": why})
                     log.info("%s %s: skipped (%s)", source, row.name, why)
                 else:
-                    r = measure_row(
-                        row, frames, fps, args.threads, args.ssim_every, args.reads, args.seed, clean
-                    )
+                    try:
+                        r = measure_row(
+                            row, frames, fps, args.threads, args.ssim_every, args.reads, args.seed, clean
+                        )
+                    except VideoError as e:  # an encoder whose output its decoder refuses: a finding
+                        block["rows"].append({"name": row.name, "skipped": f"FAILED: {e}"})
+                        log.warning("%s %s: %s", source, row.name, e)
+                        bar.update(1)
+                        continue
                     block["rows"].append(r)
                     log.info(
                         "%s %s: %.2f MB/min, PSNR %.2f dB, SSIM %.4f, encode %.2f× real time, frame %.2f ms",

@@ -120,8 +120,10 @@ class RawSamples:
     def __getitem__(self, i: int) -> dict[str, Any]:
         from recording.reader import EpisodeStore
 
-        if self.store is None:
-            self.store = EpisodeStore(self.path)
+        if self.store is None:  # with the decoded-segment cache a training reader has (archived stores)
+            from xr0.data import TRAINING_SEGMENT_CACHE_MB
+
+            self.store = EpisodeStore(self.path, segment_cache_mb=TRAINING_SEGMENT_CACHE_MB)
         return self.store.sample(int(i), self.horizon, [f"observation.images.{c}" for c in self.cameras])
 
 

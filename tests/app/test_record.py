@@ -323,15 +323,15 @@ def test_dataset_compact_then_every_reader_uses_the_archive(recorded, small_conf
     assert main(["dataset", "compact", "--dataset", str(path), "--crf", "99", *cfg]) != 0
     assert "dataset compact: av1 crf must be 0..63, got 99" in capsys.readouterr().err
     assert (
-        main(["dataset", "compact", "--dataset", str(path), "--episodes", "1", "--preset", "12", *cfg]) == 0
+        main(["dataset", "compact", "--dataset", str(path), "--episodes", "1", "--preset", "10", *cfg]) == 0
     )
     out = capsys.readouterr().out
-    assert "compacted 1 episode(s) to av1 crf 30" in out and "PSNR (worst episode) cam_high" in out
+    assert "compacted 1 episode(s) to av1 crf 20" in out and "PSNR (worst episode) cam_high" in out
     assert main(["dataset", "info", "--dataset", str(path), "--json", *cfg]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["tiers"] == {"live": 1, "archive": 1}
     codecs = info["per_camera"]["cam_high"]["codecs"]
-    assert codecs == {"jpeg q90": 1, "av1 crf 30 (30-frame segments)": 1}
+    assert codecs == {"jpeg q90": 1, "av1 crf 20 (30-frame segments)": 1}
     assert main(["dataset", "validate", "--dataset", str(path), "--deep", *cfg]) == 0
     original, archived = EpisodeStore(recorded), EpisodeStore(path)
     frames = archived.get(1, "observation.images.cam_high")

@@ -23,7 +23,7 @@ from recording.writer import StoreWriter
 from tests.recording.synthetic import make_spec, make_step
 
 CAMS = {"cam_high": (48, 64, 3), "cam_left_wrist": (48, 64, 3)}
-FAST = ArchiveSettings(codec="av1", crf=24, preset="12", segment_steps=10)
+FAST = ArchiveSettings(codec="av1", crf=24, preset="10", segment_steps=10)
 
 
 def write_store(path: Path, episodes: int = 2, steps: int = 25) -> list[list[dict]]:
@@ -50,7 +50,7 @@ def test_a_segment_round_trips_within_tolerance_and_its_fingerprint_is_stable():
             for t in range(12)
         ]
     ).astype(np.uint8)
-    for settings in (VideoSettings("av1", 20, "12"), VideoSettings("h264", 18, "veryfast")):
+    for settings in (VideoSettings("av1", 20, "10"), VideoSettings("h264", 18, "veryfast")):
         data = encode_segment(frames, settings)
         decoded = decode_segment(data, settings.codec)
         assert decoded.shape == frames.shape
@@ -137,10 +137,12 @@ def test_compaction_is_refused_while_the_store_is_being_recorded(tmp_path):
         compact(path, FAST, episodes=[7])
     with pytest.raises(ValueError, match="crf must be 0..63"):
         ArchiveSettings(crf=99)
+    with pytest.raises(StoreError, match="av1 preset must be 0..10 for the archive"):
+        ArchiveSettings(preset="12")
 
 
 def _compact_child(path: str) -> None:
-    compact(path, ArchiveSettings(codec="av1", crf=24, preset="12", segment_steps=10), nice=0)
+    compact(path, ArchiveSettings(codec="av1", crf=24, preset="10", segment_steps=10), nice=0)
 
 
 def test_a_killed_compaction_leaves_every_episode_whole_and_resumes(tmp_path):
