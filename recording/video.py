@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -98,17 +100,43 @@ def _quiet_svt() -> None:
 
 def encode_segment(frames: np.ndarray, settings: VideoSettings, fps: float = 30.0) -> bytes:
     """Encode (N, H, W, 3) uint8 RGB frames as one segment (H and W must be even for 4:2:0)."""
-    import av
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise VideoError(
             f"a segment is (N, H, W, 3) uint8 frames with N ≥ 1, got {frames.shape} {frames.dtype}"
         )
-    n, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise VideoError(f"video frames need an even width and height (4:2:0), got {w}×{h}")
     _quiet_svt()
+    with _keep_scheduling():
+        return _encode(frames, settings, fps)
+
+
+@contextmanager
+def _keep_scheduling() -> Iterator[None]:
+    """SVT-AV1 switches the thread that opens an encoder to SCHED_FIFO when it may (as root): measured,
+    0 → 1 after one segment. A compaction thread must never outrank the control loop, so the caller's
+    scheduling is put back afterwards."""
+    try:
+        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    except (AttributeError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            if os.sched_getscheduler(0) != policy or os.sched_getparam(0) != param:
+                os.sched_setscheduler(0, policy, param)
+        except OSError:
+            pass
+
+
+def _encode(frames: np.ndarray, settings: VideoSettings, fps: float) -> bytes:
+    import av
+
+    n, h, w, _ = frames.shape
     ctx = av.CodecContext.create(CODECS[settings.codec][0], "w")
     ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuv420p"
     rate = Fraction(fps).limit_denominator(1001)

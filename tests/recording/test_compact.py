@@ -50,6 +50,7 @@ def test_a_segment_round_trips_within_tolerance_and_its_fingerprint_is_stable():
             for t in range(12)
         ]
     ).astype(np.uint8)
+    before = os.sched_getscheduler(0)
     for settings in (VideoSettings("av1", 20, "10"), VideoSettings("h264", 18, "veryfast")):
         data = encode_segment(frames, settings)
         decoded = decode_segment(data, settings.codec)
@@ -57,6 +58,7 @@ def test_a_segment_round_trips_within_tolerance_and_its_fingerprint_is_stable():
         assert psnr(decoded, frames) > 30, settings
         assert np.array_equal(decode_segment(data, settings.codec, count=3), decoded[:3])
         assert segment_digest(data, settings.codec) == segment_digest(data, settings.codec)
+    assert os.sched_getscheduler(0) == before  # SVT-AV1 raises its caller to SCHED_FIFO; we put it back
     with pytest.raises(ValueError, match="even width and height"):
         encode_segment(frames[:, :47], VideoSettings())
     with pytest.raises(ValueError, match="bad magic"):
