@@ -35,9 +35,25 @@ def _check_spec(name: str, spec: ArraySpec) -> None:
         raise ValueError(f"codec {name} encodes uint8 frames, got {spec.dtype.to_native_dtype()}")
 
 
-class _ImageCodec(ArrayBytesCodec):
+class _OffLoopCodec(ArrayBytesCodec):
+    """Encoding and decoding off zarr's event loop, like zarr's own compressors: the frames (or segments)
+    of a flush encode in parallel threads (imagecodecs and PyAV release the GIL while they work)."""
+
     is_fixed_size = False
     codec_name = ""
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
+        raise NotImplementedError(f"{self.codec_name} output has no fixed size")
+
+
+class _ImageCodec(_OffLoopCodec):
+    """One RGB frame per chunk."""
 
     def _encode_image(self, image: np.ndarray) -> bytes:
         raise NotImplementedError
@@ -62,17 +78,6 @@ class _ImageCodec(ArrayBytesCodec):
         if image.shape != want:
             raise ValueError(f"{self.codec_name}: decoded a {image.shape} image where {want} was stored")
         return chunk_spec.prototype.nd_buffer.from_numpy_array(image[None])
-
-    # Off zarr's event loop, like zarr's own compressors: frames of a flush encode in parallel threads
-    # (imagecodecs releases the GIL while it encodes).
-    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
-
-    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
-
-    def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
-        raise NotImplementedError(f"{self.codec_name} output has no fixed size")
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,7 @@ def image_codec(name: str, jpeg_quality: int = 90) -> _ImageCodec:
 
 
 @dataclass(frozen=True)
-class VideoCodec(ArrayBytesCodec):
+class VideoCodec(_OffLoopCodec):
     """A chunk of N consecutive RGB frames, shape (N, H, W, 3) uint8, as one self-contained video segment
     (AV1 or H.264, see `recording.video`): the archive tier. One chunk decodes to all of its frames."""
 
@@ -154,7 +159,6 @@ class VideoCodec(ArrayBytesCodec):
     crf: int = 30
     preset: str = "8"
     fps: float = 30.0
-    is_fixed_size = False
     codec_name = "xr0.video"
 
     def __post_init__(self) -> None:
@@ -197,12 +201,3 @@ class VideoCodec(ArrayBytesCodec):
         if frames.shape != want:
             raise ValueError(f"{self.codec_name}: decoded {frames.shape} frames where {want} were stored")
         return chunk_spec.prototype.nd_buffer.from_numpy_array(frames)
-
-    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
-
-    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
-
-    def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
-        raise NotImplementedError(f"{self.codec_name} output has no fixed size")

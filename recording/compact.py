@@ -47,6 +47,7 @@ from recording.schema import (
     StoreBusy,
     StoreError,
     StoreSpec,
+    bytes_on_disk,
     episode_attrs,
     episode_dirs,
 )
@@ -115,17 +116,6 @@ class CompactReport:
 def is_archived(attrs: dict[str, Any]) -> bool:
     storage = attrs.get("storage")
     return isinstance(storage, dict) and storage.get("tier") == ARCHIVE
-
-
-def tree_bytes(path: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue  # removed while we walked
-    return total
 
 
 # -- the atomic exchange ---------------------------------------------------------------------------------
@@ -217,10 +207,10 @@ def _compact_episode(
         "tier": ARCHIVE,
         "codec": {**settings.video().to_dict(), "segment_steps": seg},
         "quality": quality,
-        "bytes_before": tree_bytes(directory),
+        "bytes_before": bytes_on_disk(directory),
         "compacted_utc": utc_now(),
     }
-    storage["bytes_after"] = tree_bytes(new)
+    storage["bytes_after"] = bytes_on_disk(new)
     group.update_attributes({"storage": storage})
     fsync_tree(new)
     exchange(new, directory)  # the instant the episode becomes its archived self

@@ -16,6 +16,7 @@ marker: it is written last, after every array holds its data, in one atomic file
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,3 +356,18 @@ def episode_attrs(directory: Path) -> dict[str, Any]:
     """An episode group's attributes, read straight from its zarr.json (raises `StoreError` if unreadable)."""
     meta = read_json(directory / "zarr.json", f"episode {directory.name}")
     return dict(meta.get("attributes") or {})
+
+
+def bytes_on_disk(path: Path) -> int:
+    """Bytes of the files under `path` (or of the file itself); files that vanish while it counts (a live
+    writer renames its temporary files) are skipped."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total

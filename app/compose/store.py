@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from app.compose.config import AppConfig
 from app.errors import UserError, prog
 from app.runtime.rig import Rig
+from recording.schema import bytes_on_disk  # noqa: F401 - re-exported: dataset info, benchmarks
 
 if TYPE_CHECKING:
     from recording.schema import StoreSpec
@@ -111,18 +111,3 @@ def check_disk(path: Path, bytes_needed: float, margin: float) -> float:
             "record fewer or shorter episodes, or lower recording.jpeg_quality"
         )
     return free
-
-
-def bytes_on_disk(path: Path) -> int:
-    """Bytes of the files under `path` (or of the file itself); files that vanish while it counts (a live
-    writer renames its temporary files) are skipped."""
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(dirpath, f))
-            except OSError:
-                pass
-    return total
