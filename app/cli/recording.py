@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.compose.config import AppConfig
-from app.compose.store import build_spec, calibration_identity, check_disk, preflight
+from app.compose.store import (
+    COMPACT_LOG,
+    build_spec,
+    calibration_identity,
+    check_disk,
+    compact_in_background,
+    preflight,
+)
 from app.errors import UserError
 from app.runtime import terminal as keys
 from app.runtime.events import Publisher
@@ -142,3 +149,13 @@ def _planned_bytes(config: AppConfig, episodes: int, seconds: float) -> float:
     pixels = sum(c.width * c.height for c in config.cameras.values())
     per_step = pixels * BYTES_PER_PIXEL[config.recording.image_codec] + NUMERIC_BYTES_PER_STEP
     return episodes * seconds * config.control.fps * per_step
+
+
+def background_compaction(path: Path, config: AppConfig) -> None:
+    """recording.compact_after: the session's store is compacted by a detached process; say so."""
+    pid = compact_in_background(path, config)
+    if pid is not None:
+        print(
+            f"compacting {path} in the background (pid {pid}, one CPU, nice +10; log {path / COMPACT_LOG}); "
+            "recording into it again stops it"
+        )

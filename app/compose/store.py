@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +18,28 @@ from recording.schema import bytes_on_disk  # noqa: F401 - re-exported: dataset 
 if TYPE_CHECKING:
     from recording.schema import StoreSpec
 
+log = logging.getLogger(__name__)
+
 
 def preflight(path: Path) -> None:
-    """Fail before touching the robot if the store cannot be appended to."""
+    """Fail before touching the robot if the store cannot be appended to. A compaction of the store (e.g.
+    one started in the background after the last session) is stopped: recording comes first."""
     from recording.schema import COMMITTED, StoreError, check_store, episode_attrs, episode_dirs
+    from recording.writer import stop_compaction
 
+    try:
+        stopped = stop_compaction(path)
+    except StoreError as e:
+        raise UserError(str(e)) from e
+    if stopped is not None:
+        log.warning(
+            "stopped the compaction of %s (pid %d) to record: it finishes with `%s dataset compact %s`, or "
+            "after this session when recording.compact_after is on",
+            path,
+            stopped,
+            prog(),
+            path,
+        )
     if not path.exists():
         if not path.parent.exists():
             raise UserError(f"cannot create dataset {path}: the folder {path.parent} does not exist")
@@ -41,6 +61,30 @@ def preflight(path: Path) -> None:
             f"dataset {path} has partial episode(s) {', '.join(map(str, partial))} left by an interrupted "
             f"recording; run `{prog()} dataset repair --dataset {path}` (recover, or --drop) first"
         )
+
+
+COMPACT_LOG = ".xr0-compact.log"
+
+
+def compact_in_background(path: Path, config: AppConfig) -> int | None:
+    """Start `xr0 dataset compact PATH` as a detached process (its own session: a Ctrl-C in this terminal
+    does not reach it) with the configured archive settings, on one CPU at nice +10, writing to
+    PATH/.xr0-compact.log. Returns its pid, or None (and why, logged) when it cannot start."""
+    rec = config.recording
+    argv = [
+        sys.executable, "-m", "app.cli.main", "dataset", "compact", str(path),
+        "--codec", rec.archive_codec, "--crf", str(rec.archive_crf), "--preset", str(rec.archive_preset),
+        "--segment-steps", str(rec.archive_segment_steps), "--threads", "1",
+    ]  # fmt: skip
+    try:
+        with open(path / COMPACT_LOG, "ab") as out:
+            child = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True
+            )
+    except OSError as e:
+        log.warning("could not start the background compaction of %s: %s", path, e)
+        return None
+    return child.pid
 
 
 # -- what is recorded about the set-up --------------------------------------------------------------------------

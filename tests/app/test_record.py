@@ -326,13 +326,22 @@ def test_dataset_compact_then_every_reader_uses_the_archive(recorded, small_conf
         main(["dataset", "compact", "--dataset", str(path), "--episodes", "1", "--preset", "10", *cfg]) == 0
     )
     out = capsys.readouterr().out
-    assert "compacted 1 episode(s) to av1 crf 20" in out and "PSNR (worst episode) cam_high" in out
+    assert "compacted 1 episode(s) to av1 crf 24" in out and "PSNR (worst episode) cam_high" in out
     assert main(["dataset", "info", "--dataset", str(path), "--json", *cfg]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["tiers"] == {"live": 1, "archive": 1}
     codecs = info["per_camera"]["cam_high"]["codecs"]
-    assert codecs == {"jpeg q90": 1, "av1 crf 20 (30-frame segments)": 1}
+    assert codecs == {"jpeg q90": 1, "av1 crf 24 (30-frame segments)": 1}
+    assert main(["dataset", "compact", "--dataset", str(path), "--fast", *cfg]) == 0  # the other episode
+    assert "compacted 1 episode(s) to h264 crf 18" in capsys.readouterr().out
     assert main(["dataset", "validate", "--dataset", str(path), "--deep", *cfg]) == 0
+    assert (
+        psnr(
+            EpisodeStore(path).get(0, "observation.images.cam_high"),
+            EpisodeStore(recorded).get(0, "observation.images.cam_high"),
+        )
+        > 35
+    )
     original, archived = EpisodeStore(recorded), EpisodeStore(path)
     frames = archived.get(1, "observation.images.cam_high")
     assert psnr(frames, original.get(1, "observation.images.cam_high")) > 35

@@ -7,7 +7,9 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +197,44 @@ def test_a_leftover_half_built_episode_is_ignored_by_readers_and_removed(tmp_pat
     report = validate(path)
     assert report.ok and half in report.leftovers
     assert compact(path, FAST).removed_leftovers == 1 and not half.exists()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to show that it keeps to one")
+def test_compaction_keeps_every_thread_to_one_cpu_at_lower_priority_never_real_time_and_restores_them(
+    tmp_path,
+):
+    path = tmp_path / "d.zarr"
+    write_store(path, episodes=2, steps=40)
+    me = threading.get_native_id()
+    before = (os.sched_getaffinity(me), os.getpriority(os.PRIO_PROCESS, me))
+    seen: list[tuple[int, int, int]] = []  # (CPUs, niceness, policy) of every thread, while it works
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for name in os.listdir("/proc/self/task"):
+                try:
+                    tid = int(name)
+                    cpus, nice = len(os.sched_getaffinity(tid)), os.getpriority(os.PRIO_PROCESS, tid)
+                    seen.append((cpus, nice, os.sched_getscheduler(tid)))
+                except OSError:
+                    pass  # the thread ended
+            time.sleep(0.002)
+
+    probe = threading.Thread(target=sample, daemon=True)
+    probe.start()
+    try:
+        compact(path, FAST)
+    finally:
+        stop.set()
+        probe.join()
+    during = [s for s in seen if s[0] == 1]
+    assert during, "no thread was ever pinned to one CPU"
+    assert all(nice >= before[1] + 10 or nice == 19 for _, nice, _ in during)
+    # SVT-AV1 raises the thread that opens an encoder to SCHED_FIFO (as root); neither that thread nor the
+    # encoder's own workers may keep it: a compaction never outranks a control loop
+    assert {policy for *_, policy in seen} == {os.SCHED_OTHER}
+    assert (os.sched_getaffinity(me), os.getpriority(os.PRIO_PROCESS, me)) == before
+    for name in os.listdir("/proc/self/task"):  # zarr's pool threads too, those started during compaction
+        with suppress(OSError):
+            assert len(os.sched_getaffinity(int(name))) == len(before[0])

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.cli.recording import RecordPlan, record
+from app.cli.recording import RecordPlan, background_compaction, record
 from app.compose.config import AppConfig
 from app.compose.store import default_task, resolve_dataset
 from app.errors import UserError, prog
@@ -128,6 +128,8 @@ def run(args: argparse.Namespace, config: AppConfig) -> int:
     _print_report(plan.path, report, recorder)
     if recorder.error:
         raise UserError(recorder.error)
+    if config.recording.compact_after and any(ep["kept"] for ep in report.episodes):
+        background_compaction(plan.path, config)
     return 130 if interrupt.is_set() else 0
 
 

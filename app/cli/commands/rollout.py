@@ -250,6 +250,10 @@ def run(args: argparse.Namespace, config: AppConfig) -> int:
     print_summary(report)
     if record is not None:
         print(f"  recorded episodes: {record}")
+        if config.recording.compact_after:
+            from app.cli.recording import background_compaction
+
+            background_compaction(record, config)
     if sink.path is not None:
         print(f"  Rerun recording: {sink.path}")
     if args.summary:
