@@ -59,6 +59,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="the simulator's frames, or camera-like photographs with noise (app/bench/content.py)")  # fmt: skip
     p.add_argument("--read-seconds", type=float, default=5.0, help="how long random training reads are timed")
     p.add_argument("--dir", default=None, help="where the temporary store goes (default: a temp dir)")
+    p.add_argument(
+        "--priority",
+        choices=("auto", "realtime", "nice", "off"),
+        default=None,
+        help="the loop thread's priority, as `record` asks for it (default: runtime.loop_priority)",
+    )
 
 
 def render_frames(config: AppConfig, n: int, width: int, height: int) -> list[Observation]:
@@ -237,6 +243,7 @@ def quality_and_reads(path: Path, frames: list[Observation], seconds: float = 5.
 
 def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     from app.bench import machine
+    from app.runtime.priority import loop_priority
     from recording.recorder import Recorder
 
     fps = config.control.fps
@@ -269,18 +276,24 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
             args.block_seconds,
             args.ab_seconds,
         )
+        priority = args.priority or config.runtime.loop_priority
         recorder = Recorder(root / "ab.zarr", spec, config.recording)
         try:
-            result["lateness_ab"] = realtime_loop(
-                config, frames, args.ab_seconds, recorder, ab_block_s=args.block_seconds
-            )
+            with loop_priority(priority) as got:  # the loop thread as `record` runs it
+                result["control_thread"] = got
+                result["lateness_ab"] = realtime_loop(
+                    config, frames, args.ab_seconds, recorder, ab_block_s=args.block_seconds
+                )
         finally:
             recorder.close()
-        log.info("sustained recording for %g s …", args.seconds)
+        log.info("sustained recording for %g s (loop thread: %s) …", args.seconds, result["control_thread"])
         path = root / "sustained.zarr"
         recorder = Recorder(path, spec, config.recording)
         try:
-            result["sustained"] = realtime_loop(config, frames, args.seconds, recorder, args.episode_seconds)
+            with loop_priority(priority):
+                result["sustained"] = realtime_loop(
+                    config, frames, args.seconds, recorder, args.episode_seconds
+                )
         finally:
             recorder.close()
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)

@@ -200,10 +200,11 @@ def test_an_error_in_the_loop_commits_or_discards_the_episode_never_half_writes(
 
 def test_bench_recorder_prints_its_numbers_as_json_last(tmp_path, small_config, capsys):
     argv = ["bench", "recorder", "--config", str(small_config), "--seconds", "1", "--ab-seconds", "1", "--block-seconds", "0.25",
-            "--width", "64", "--height", "48", "--frames", "4", "--read-seconds", "0.3", "--dir", str(tmp_path)]  # fmt: skip
+            "--width", "64", "--height", "48", "--frames", "4", "--read-seconds", "0.3", "--dir", str(tmp_path), "--priority", "off"]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["bench"] == "recorder" and result["sustained"]["dropped_steps"] == 0
+    assert result["control_thread"] == "normal (off)"
     assert result["throughput"]["x_realtime"] > 0 and result["samples_per_s"] > 0
     assert min(result["psnr_db"].values()) > 30 and result["bytes_per_minute"] > 0
     assert list(tmp_path.iterdir()) == []  # the temporary store is removed

@@ -233,7 +233,7 @@ def test_compaction_keeps_every_thread_to_one_cpu_at_lower_priority_never_real_t
     assert all(nice >= before[1] + 10 or nice == 19 for _, nice, _ in during)
     # SVT-AV1 raises the thread that opens an encoder to SCHED_FIFO (as root); neither that thread nor the
     # encoder's own workers may keep it: a compaction never outranks a control loop
-    assert {policy for *_, policy in seen} == {os.SCHED_OTHER}
+    assert not {policy for *_, policy in seen} & {os.SCHED_FIFO, os.SCHED_RR}
     assert (os.sched_getaffinity(me), os.getpriority(os.PRIO_PROCESS, me)) == before
     for name in os.listdir("/proc/self/task"):  # zarr's pool threads too, those started during compaction
         with suppress(OSError):
