@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import google_crc32c
 import imagecodecs
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
@@ -201,3 +203,27 @@ class VideoCodec(_OffLoopCodec):
         if frames.shape != want:
             raise ValueError(f"{self.codec_name}: decoded {frames.shape} frames where {want} were stored")
         return chunk_spec.prototype.nd_buffer.from_numpy_array(frames)
+
+
+# -- the archive tier's chunk files, read and written without zarr's pipeline ------------------------------
+# A video array (N, H, W, 3) has one chunk per segment along N, stored by zarr v3's default chunk keys as
+# `c/<segment>/0/0/0`: the encoded segment followed by the crc32c codec's checksum (uint32, little-endian).
+# Compaction writes a segment it has already encoded and verified; `validate --deep` checks it as stored.
+def segment_chunk_path(array_dir: Path, chunk: int) -> Path:
+    return Path(array_dir).joinpath("c", str(chunk), "0", "0", "0")
+
+
+def write_segment_chunk(array_dir: Path, chunk: int, segment: bytes) -> None:
+    """Store an encoded segment as chunk `chunk`, byte for byte as zarr would."""
+    path = segment_chunk_path(array_dir, chunk)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(segment + google_crc32c.value(segment).to_bytes(4, "little"))
+
+
+def read_segment_chunk(array_dir: Path, chunk: int) -> bytes:
+    """The encoded segment of chunk `chunk`; ValueError when its checksum does not match."""
+    data = segment_chunk_path(array_dir, chunk).read_bytes()
+    inner, stored = data[:-4], data[-4:]
+    if len(data) < 4 or google_crc32c.value(inner).to_bytes(4, "little") != stored:
+        raise ValueError("the segment's checksum does not match")
+    return inner

@@ -39,12 +39,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import cv2
-import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from recording.codecs import VideoCodec, register_codecs
+from recording.codecs import VideoCodec, register_codecs, write_segment_chunk
 from recording.progress import progress_bar
 from recording.schema import (
     COMMITTED,
@@ -211,7 +210,7 @@ def _compact_episode(
             else np.concatenate([frames, frames[-1:].repeat(seg - len(frames), 0)])
         )
         data = encode_segment(padded, video, float(spec.fps))
-        _write_chunk(new / key, chunk, data)
+        write_segment_chunk(new / key, chunk, data)  # the bytes just verified, encoded once
         decoded, digest = decode_with_digest(data, settings.codec)
         squared = sum(int(cv2.norm(d, f, cv2.NORM_L2SQR)) for d, f in zip(decoded, frames, strict=False))
         bar.update(len(frames))
@@ -254,24 +253,6 @@ def _compact_episode(
 def _psnr_of(squared: float, count: int) -> float:
     mse = squared / max(1, count)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
-def _chunk_path(array_dir: Path, chunk: int) -> Path:
-    return array_dir.joinpath("c", str(chunk), "0", "0", "0")  # zarr v3's default chunk keys, 4-D
-
-
-def _chunk_bytes(array_dir: Path, chunk: int) -> bytes:
-    """The encoded segment of chunk `chunk` of a 4-D video array (without its crc32c trailer)."""
-    return _chunk_path(array_dir, chunk).read_bytes()[:-4]
-
-
-def _write_chunk(array_dir: Path, chunk: int, segment: bytes) -> None:
-    """Store an encoded segment as chunk `chunk` exactly as zarr would (the segment, then the crc32c codec's
-    little-endian checksum): the segment is encoded once, and the bytes verified are the bytes stored.
-    The folder is a `.compact-` one, fsynced as a whole before it replaces the episode."""
-    path = _chunk_path(array_dir, chunk)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(segment + google_crc32c.value(segment).to_bytes(4, "little"))
 
 
 @contextmanager

@@ -17,11 +17,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 import zarr
 
-from recording.codecs import register_codecs
+from recording.codecs import read_segment_chunk, register_codecs
 from recording.schema import (
     COMMITTED,
     COMPACT_PREFIX,
@@ -154,10 +153,10 @@ def _check_segments(arr: zarr.Array, array_dir: Path, where: str, length: int) -
         ]
     for c, want in enumerate(digests):
         step = c * seg
-        data = array_dir.joinpath("c", str(c), "0", "0", "0").read_bytes()
-        inner, stored = data[:-4], data[-4:]
-        if len(data) < 4 or np.uint32(google_crc32c.value(inner)).tobytes() != stored:
-            return [f"{where}: step {step} is corrupted (the segment's checksum does not match)"]
+        try:
+            inner = read_segment_chunk(array_dir, c)
+        except ValueError as e:
+            return [f"{where}: step {step} is corrupted ({e})"]
         try:
             got = segment_digest(inner, codec)
         except VideoError as e:

@@ -72,7 +72,7 @@ def compact_in_background(path: Path, config: AppConfig) -> int | None:
     PATH/.xr0-compact.log. Returns its pid, or None (and why, logged) when it cannot start."""
     rec = config.recording
     argv = [
-        sys.executable, "-m", "app.cli.main", "dataset", "compact", str(path),
+        sys.executable, "-m", "app.cli.main", "dataset", "compact", "--dataset", str(path),
         "--codec", rec.archive_codec, "--crf", str(rec.archive_crf), "--preset", str(rec.archive_preset),
         "--segment-steps", str(rec.archive_segment_steps), "--threads", "1",
     ]  # fmt: skip
