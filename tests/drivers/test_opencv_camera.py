@@ -31,7 +31,9 @@ def test_frames_come_out_rgb_with_counters(tmp_path):
     try:
         first = cam.next(2000)
         assert first.image.shape == (H, W, 3) and first.image.dtype == np.uint8
-        assert first.image[0, 0, 0] == 50 and first.image[0, 0, 2] == 0  # red stays red: BGR was converted
+        # red stays red: BGR was converted. The grabber runs ahead of `next` (it returns the newest frame),
+        # so the first frame seen may be any of the sequence: frame k (index k + 1) has red 50 + k.
+        assert first.image[0, 0, 0] == 49 + first.index and first.image[0, 0, 2] == 0
         second = cam.next(2000)
         assert second.index == first.index + 1
     finally:
