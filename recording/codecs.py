@@ -13,6 +13,8 @@ makes them known to zarr (the store modules call it before opening anything).
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ import google_crc32c
 import imagecodecs
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
+from zarr.codecs import BloscCodec
 from zarr.core.common import parse_named_configuration
 from zarr.registry import register_codec
 
@@ -68,6 +71,10 @@ class _ImageCodec(_OffLoopCodec):
             raise ValueError(
                 f"codec {self.codec_name} stores uint8 RGB frames, not {dtype.to_native_dtype()}"
             )
+
+    def chunk_bytes(self, image: np.ndarray) -> bytes:
+        """One (H, W, 3) frame as the bytes of its chunk inside a shard (codec output + checksum)."""
+        return with_checksum(self._encode_image(np.ascontiguousarray(image)))
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         _check_spec(self.codec_name, chunk_spec)
@@ -205,19 +212,82 @@ class VideoCodec(_OffLoopCodec):
         return chunk_spec.prototype.nd_buffer.from_numpy_array(frames)
 
 
-# -- the archive tier's chunk files, read and written without zarr's pipeline ------------------------------
-# A video array (N, H, W, 3) has one chunk per segment along N, stored by zarr v3's default chunk keys as
-# `c/<segment>/0/0/0`: the encoded segment followed by the crc32c codec's checksum (uint32, little-endian).
-# Compaction writes a segment it has already encoded and verified; `validate --deep` checks it as stored.
+# -- chunk files, read and written without zarr's pipeline ----------------------------------------------
+# zarr v3's default chunk keys: chunk (or shard) `i` along the step axis of an array with `ndim` dimensions
+# is the file `c/<i>/0/…/0`. Every chunk is its codec's bytes followed by the crc32c codec's checksum
+# (uint32, little-endian). Writing a file goes through a temporary name and a rename, as zarr's local store
+# does (`NAME.<uuid4 hex>.partial`, which `xr0 dataset repair` cleans up): a file is whole or absent.
+# The recorder writes the live tier this way (one zarr call per array and flush cost more than the
+# encoding); compaction writes archive segments; `validate --deep` reads them. Tests compare every format
+# here byte for byte with what zarr writes.
+def chunk_file(array_dir: Path, index: int, ndim: int) -> Path:
+    return Path(array_dir).joinpath("c", str(index), *(["0"] * (ndim - 1)))
+
+
+def with_checksum(data: bytes) -> bytes:
+    return data + google_crc32c.value(data).to_bytes(4, "little")
+
+
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+_EMPTY = 2**64 - 1  # the shard index's mark for a chunk that was never written
+
+
+def shard_bytes(chunks: list[bytes | None]) -> bytes:
+    """A `sharding_indexed` shard (index at the end, index codecs bytes little-endian + crc32c) holding
+    `chunks` (each already with its checksum; None = not written), back to back in step order."""
+    index = np.full((len(chunks), 2), _EMPTY, dtype="<u8")
+    offset = 0
+    for i, chunk in enumerate(chunks):
+        if chunk is not None:
+            index[i] = (offset, len(chunk))
+            offset += len(chunk)
+    return b"".join(c for c in chunks if c is not None) + with_checksum(index.tobytes())
+
+
+def numeric_compressor(itemsize: int) -> BloscCodec:
+    """The compressor of every numeric array of the live tier (zarr's Blosc: zstd 3, byte shuffle)."""
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=itemsize)
+
+
+class NumericChunkEncoder:
+    """A numeric array's chunk as zarr stores it with `numeric_compressor`: C-order little-endian bytes,
+    Blosc, checksum."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        from numcodecs import Blosc
+
+        c = numeric_compressor(np.dtype(dtype).itemsize)
+        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+        self.blosc = Blosc(
+            cname=c.cname.value, clevel=c.clevel, shuffle=shuffle[c.shuffle.value],
+            blocksize=c.blocksize, typesize=c.typesize,
+        )  # fmt: skip
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+
+    def encode(self, chunk: np.ndarray) -> bytes:
+        data = np.ascontiguousarray(chunk, dtype=self.dtype).tobytes()
+        return with_checksum(bytes(self.blosc.encode(data)))
+
+
+# -- the archive tier: one video segment per chunk of an (N, H, W, 3) array ------------------------------
 def segment_chunk_path(array_dir: Path, chunk: int) -> Path:
-    return Path(array_dir).joinpath("c", str(chunk), "0", "0", "0")
+    return chunk_file(array_dir, chunk, 4)
 
 
 def write_segment_chunk(array_dir: Path, chunk: int, segment: bytes) -> None:
     """Store an encoded segment as chunk `chunk`, byte for byte as zarr would."""
-    path = segment_chunk_path(array_dir, chunk)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(segment + google_crc32c.value(segment).to_bytes(4, "little"))
+    atomic_write(segment_chunk_path(array_dir, chunk), with_checksum(segment))
 
 
 def read_segment_chunk(array_dir: Path, chunk: int) -> bytes:

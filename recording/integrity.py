@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from recording.codecs import read_segment_chunk, register_codecs
+from recording.codecs import chunk_file, read_segment_chunk, register_codecs
 from recording.schema import (
     COMMITTED,
     COMPACT_PREFIX,
@@ -78,8 +78,7 @@ def _leftovers(path: Path) -> list[Path]:
 
 
 def _chunk_files(array_dir: Path, length: int, steps_per_file: int, ndim: int) -> list[Path]:
-    tail = ["0"] * (ndim - 1)
-    return [array_dir.joinpath("c", str(i), *tail) for i in range(math.ceil(length / steps_per_file))]
+    return [chunk_file(array_dir, i, ndim) for i in range(math.ceil(length / steps_per_file))]
 
 
 def _first_bad_step(arr: zarr.Array, n: int, block: int) -> tuple[int, str] | None:

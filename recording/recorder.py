@@ -115,7 +115,8 @@ class StepRing:
             views[key][...] = value
 
     def read(self, slot: int) -> dict[str, np.ndarray]:
-        return {key: np.array(v) for key, v in self.views[slot].items()}
+        """The slot's arrays, as views: valid until the slot is handed back."""
+        return dict(self.views[slot])
 
     def close(self, unlink: bool = False) -> None:
         self.views = []
@@ -459,14 +460,15 @@ class _WriterLoop:
     def handle(self, msg: dict[str, Any]) -> bool:
         kind = msg["k"]
         if kind == "step":
-            slot = self.consumed.value % self.ring.slots
-            step = self.ring.read(slot) if self.error is None and self.episode is not None else None
-            self.consumed.value += 1  # the slot is free again
-            if step is not None:
-                self.guard(self.episode.append, step)
+            if self.error is None and self.episode is not None:
+                # append encodes the frames and copies the numbers before it returns: then the slot is free
+                self.guard(self.episode.append, self.ring.read(self.consumed.value % self.ring.slots))
+                self.consumed.value += 1
                 due = time.monotonic() - self.last_flush >= self.config.flush_seconds
                 if self.error is None and (self.episode.n_pending >= self.flush_steps or due):
                     self.flush()
+            else:
+                self.consumed.value += 1  # nothing to write it to: the slot is free again
         elif kind == "begin":
             if self.error is None:
                 self.episode = self.guard(

@@ -3,18 +3,21 @@
 Crash safety, in the order things reach the disk:
 1. `begin_episode` creates `episodes/episode_N` with `status: recording` and its arrays, sized for a
    capacity that doubles when exceeded (so the array metadata is rarely rewritten).
-2. `flush` writes the pending steps of every array, then records `flushed_steps` in the episode's
-   attributes: after a crash, every array holds at least `flushed_steps` valid steps.
+2. `append` encodes a step's frames at once (JPEG/PNG, one thread per camera) and keeps the bytes;
+   `flush` writes the pending steps of every array, then records `flushed_steps` in the episode's
+   attributes: after a crash, every array holds at least `flushed_steps` valid steps. The chunk and shard
+   files are written directly in zarr's format (recording.codecs; tested byte for byte against zarr):
+   zarr's own write path re-read and re-encoded the open chunk of every numeric array at every flush and
+   cost more CPU than the JPEG encoding itself.
 3. `commit` flushes, trims the arrays to the exact length, fsyncs the episode's files (optional), and
-   writes `status: committed` last. zarr writes each file to a temporary name and renames it into place,
-   so every file (chunk, shard, metadata) is either the old or the new version, never torn.
+   writes `status: committed` last. Every file (chunk, shard, metadata) is written to a temporary name
+   and renamed into place, so it is either the old or the new version, never torn.
 A committed episode's files are never written again except its attributes (atomically, e.g. a success
 mark). `discard` renames the episode away in one step, then deletes it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import os
@@ -23,16 +26,24 @@ import signal
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
-from zarr.core.sync import sync
+from zarr.codecs import Crc32cCodec
 
-from recording.codecs import image_codec, register_codecs
+from recording.codecs import (
+    NumericChunkEncoder,
+    atomic_write,
+    chunk_file,
+    image_codec,
+    numeric_compressor,
+    register_codecs,
+    shard_bytes,
+)
 from recording.schema import (
     COMMITTED,
     DISCARDED_PREFIX,
@@ -193,6 +204,7 @@ class StoreWriter:
         self.path = Path(path)
         self.fsync = fsync
         self.min_rate_fraction = min_rate_fraction
+        self._encoder: ThreadPoolExecutor | None = None
         if self.path.exists():
             stored = StoreSpec.from_attrs(check_store(self.path), f"dataset {self.path}")
             if spec is not None:
@@ -250,7 +262,18 @@ class StoreWriter:
         )
         root.create_group(EPISODES_GROUP)
 
+    @property
+    def encoder(self) -> ThreadPoolExecutor:
+        """Threads that encode a step's frames side by side (libjpeg-turbo and zlib release the GIL)."""
+        if self._encoder is None:
+            n = max(1, min(len(self.spec.cameras), os.cpu_count() or 1))
+            self._encoder = ThreadPoolExecutor(n, thread_name_prefix="xr0-encode")
+        return self._encoder
+
     def close(self) -> None:
+        if getattr(self, "_encoder", None) is not None:
+            self._encoder.shutdown()
+            self._encoder = None
         if getattr(self, "_lock_fd", None) is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -308,10 +331,7 @@ class StoreWriter:
             shape=(capacity, *a.shape),
             chunks=(steps, *a.shape),
             dtype=a.dtype,
-            compressors=[
-                BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=itemsize),
-                Crc32cCodec(),
-            ],
+            compressors=[numeric_compressor(itemsize), Crc32cCodec()],
             fill_value=0,
             attributes={"unit": a.unit, "description": a.description},
             config={"write_empty_chunks": True},
@@ -341,8 +361,49 @@ def _status(directory: Path) -> str | None:
         return None
 
 
-async def _write_all(writes: list[tuple[zarr.Array, np.ndarray]], steps: slice) -> None:
-    await asyncio.gather(*(arr.async_array.setitem(steps, data) for arr, data in writes))
+class _ImageShards:
+    """One image array's encoded frames, written a whole shard file at a time. The frames of a shard that
+    is not full yet stay in memory, so each flush rewrites that shard complete (never read back)."""
+
+    def __init__(self, array_dir: Path, shard_steps: int) -> None:
+        self.array_dir = array_dir
+        self.shard_steps = shard_steps
+        self.frames: dict[int, bytes] = {}  # step -> chunk bytes, for shards still open
+
+    def write(self, start: int, stop: int) -> None:
+        s = self.shard_steps
+        for shard in range(start // s, (stop - 1) // s + 1):
+            chunks = [self.frames.get(shard * s + i) for i in range(s)]
+            atomic_write(chunk_file(self.array_dir, shard, 4), shard_bytes(chunks))
+            if all(c is not None for c in chunks):  # full: never written again
+                for i in range(s):
+                    del self.frames[shard * s + i]
+
+
+class _NumericChunks:
+    """One numeric array's open chunk, kept in memory and written whole at each flush."""
+
+    def __init__(self, array_dir: Path, spec: ArraySpec, chunk_steps: int) -> None:
+        self.array_dir = array_dir
+        self.ndim = 1 + len(spec.shape)
+        self.encoder = NumericChunkEncoder(np.dtype(spec.dtype))
+        self.chunk_steps = chunk_steps
+        self.index = 0
+        self.buffer = np.zeros((chunk_steps, *spec.shape), dtype=spec.dtype)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        n = self.chunk_steps
+        done = 0
+        while done < len(rows):
+            step = start + done
+            chunk, offset = divmod(step, n)
+            if chunk != self.index:  # steps arrive in order: the next chunk starts empty (the fill value)
+                self.index = chunk
+                self.buffer[...] = 0
+            k = min(len(rows) - done, n - offset)
+            self.buffer[offset : offset + k] = rows[done : done + k]
+            atomic_write(chunk_file(self.array_dir, chunk, self.ndim), self.encoder.encode(self.buffer))
+            done += k
 
 
 class EpisodeWriter:
@@ -358,7 +419,19 @@ class EpisodeWriter:
         self.specs = {a.key: a for a in store.spec.arrays()}
         self.capacity = capacity
         self.flushed = 0
-        self.pending: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
+        spec = store.spec
+        self.codec = image_codec(spec.image_codec, spec.jpeg_quality)
+        self.shards = {
+            k: _ImageShards(self.directory / k, spec.image_shard_steps)
+            for k, a in self.specs.items()
+            if a.image
+        }
+        self.numeric = {
+            k: _NumericChunks(self.directory / k, a, spec.numeric_chunk_steps)
+            for k, a in self.specs.items()
+            if not a.image
+        }
+        self.pending: dict[str, list[np.ndarray]] = {k: [] for k in self.numeric}
         self.n_pending = 0
         self.closed = False
         self.flush_seconds_total = 0.0
@@ -372,7 +445,8 @@ class EpisodeWriter:
         return self.store.path / EPISODES_GROUP / episode_name(self.index)
 
     def append(self, step: Mapping[str, Any]) -> None:
-        """Queue one step in memory; every key of the store's spec is required, nothing else is allowed."""
+        """Queue one step: every key of the store's spec is required, nothing else is allowed. The frames
+        are encoded and the numbers copied before this returns, so the caller may reuse its buffers."""
         if self.closed:
             raise StoreError(f"episode {self.index} is already committed or discarded")
         missing = [k for k in self.specs if k not in step]
@@ -395,9 +469,13 @@ class EpisodeWriter:
                 raise StoreError(
                     f"step {self.length} of episode {self.index}: {key} must be uint8 RGB, got {value.dtype}"
                 )
-            converted[key] = value.astype(spec.dtype, copy=False)
-        for key, value in converted.items():
-            self.pending[key].append(value)
+            converted[key] = value if spec.image else np.array(value, dtype=spec.dtype)
+        t = self.length
+        encoded = {k: self.store.encoder.submit(self.codec.chunk_bytes, converted[k]) for k in self.shards}
+        for key, shards in self.shards.items():
+            shards.frames[t] = encoded[key].result()
+        for key in self.numeric:
+            self.pending[key].append(converted[key])
         self.n_pending += 1
 
     def flush(self) -> None:
@@ -410,11 +488,11 @@ class EpisodeWriter:
             self.capacity = max(2 * self.capacity, stop)
             for key, arr in self.arrays.items():
                 arr.resize((self.capacity, *self.specs[key].shape))
-        # All arrays in one go: zarr overlaps their encoding and file writes on its own loop and threads.
-        writes = [(arr, np.stack(self.pending[key])) for key, arr in self.arrays.items()]
-        sync(_write_all(writes, slice(start, stop)))
-        for values in self.pending.values():
-            values.clear()
+        for shards in self.shards.values():
+            shards.write(start, stop)
+        for key, chunks in self.numeric.items():
+            chunks.write(start, np.stack(self.pending[key]))
+            self.pending[key].clear()
         self.n_pending = 0
         self.flushed = stop
         self.group.update_attributes({"flushed_steps": stop})
