@@ -59,6 +59,14 @@ class VizConfig:
     # Bound of the queue between the control loop and the Rerun logger; overflow drops viz messages
     # (counted), never data.
     queue_size: int = 64
+    # FILE.rrd only: how long Rerun's SDK batches rows before it writes a chunk (its default, 0.2 s, is for
+    # live viewers). Every chunk costs bytes in the file and memory the SDK does not give back: at 2 s a
+    # loop's .rrd is 4x smaller and the logging process stops growing (docs/visualization.md).
+    file_flush_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.file_flush_seconds <= 60:
+            raise ValueError(f"file_flush_seconds must be in (0, 60] s, got {self.file_flush_seconds}")
 
 
 class VizError(ValueError):
@@ -256,7 +264,10 @@ class RerunLogger:
         self._minutes_logged = 0
         self._t_last_s: float | None = None
         self._counts: dict[str, int] = {}
-        self.rec = rr.RecordingStream(app_id)
+        batcher = None
+        if sink.kind == "file":  # nobody watches a file live: fewer, larger chunks
+            batcher = rr.ChunkBatcherConfig(flush_tick=config.file_flush_seconds)
+        self.rec = rr.RecordingStream(app_id, batcher_config=batcher)
         bp = blueprint(cameras or [], with_chunks)
         if sink.kind == "file":
             self.rec.save(str(sink.path), default_blueprint=bp)
