@@ -460,15 +460,14 @@ class _WriterLoop:
     def handle(self, msg: dict[str, Any]) -> bool:
         kind = msg["k"]
         if kind == "step":
-            if self.error is None and self.episode is not None:
-                # append encodes the frames and copies the numbers before it returns: then the slot is free
+            write = self.error is None and self.episode is not None
+            if write:  # append encodes the frames and copies the numbers before it returns
                 self.guard(self.episode.append, self.ring.read(self.consumed.value % self.ring.slots))
-                self.consumed.value += 1
+            self.consumed.value += 1  # the slot is free again
+            if write and self.error is None:
                 due = time.monotonic() - self.last_flush >= self.config.flush_seconds
-                if self.error is None and (self.episode.n_pending >= self.flush_steps or due):
+                if self.episode.n_pending >= self.flush_steps or due:
                     self.flush()
-            else:
-                self.consumed.value += 1  # nothing to write it to: the slot is free again
         elif kind == "begin":
             if self.error is None:
                 self.episode = self.guard(

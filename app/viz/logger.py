@@ -60,8 +60,8 @@ class VizConfig:
     # (counted), never data.
     queue_size: int = 64
     # FILE.rrd only: how long Rerun's SDK batches rows before it writes a chunk (its default, 0.2 s, is for
-    # live viewers). Every chunk costs bytes in the file and memory the SDK does not give back: at 2 s a
-    # loop's .rrd is 4x smaller and the logging process stops growing (docs/visualization.md).
+    # live viewers). Every chunk costs bytes in the file and memory in the logging process: at 2 s a loop's
+    # .rrd is half as large or less and the process grows far more slowly (docs/runner.md, "The Rerun view").
     file_flush_seconds: float = 2.0
 
     def __post_init__(self) -> None:
