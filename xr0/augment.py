@@ -39,6 +39,10 @@ class AugmentConfig:
     # targets stay relative to the measured state, so the model cannot read the demonstration's path off
     # the exact joint positions and must use the images (the "copycat" problem of behaviour cloning).
     state_noise_rad: float = 0.0
+    # Probability that a training sample's state is hidden: the model sees the training mean (0 after
+    # normalisation) and must tell the arms' pose, and everything else, from the cameras. Needs a
+    # normalised state (new models) and absolute arm actions (relative targets need the state).
+    state_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.crop_scale <= 1:
@@ -53,6 +57,8 @@ class AugmentConfig:
             raise ValueError(f"augment.prob must be in [0, 1], got {self.prob}")
         if not 0 <= self.state_noise_rad <= 0.5:
             raise ValueError(f"augment.state_noise_rad must be in [0, 0.5] rad, got {self.state_noise_rad}")
+        if not 0 <= self.state_dropout < 1:
+            raise ValueError(f"augment.state_dropout must be in [0, 1), got {self.state_dropout}")
 
 
 @dataclass(frozen=True)
@@ -127,3 +133,8 @@ def noisy_state(state: np.ndarray, config: AugmentConfig, rng: np.random.Generat
     noise = rng.normal(0.0, config.state_noise_rad, np.shape(state))
     noise[[6, 13]] = 0.0
     return np.asarray(state, np.float64) + noise
+
+
+def drops_state(config: AugmentConfig, rng: np.random.Generator) -> bool:
+    """Whether this training sample hides its state from the model (`state_dropout`)."""
+    return config.enabled and config.state_dropout > 0 and bool(rng.random() < config.state_dropout)

@@ -35,7 +35,7 @@ import torch
 
 from recording.reader import EpisodeStore, SampleIndex
 from recording.schema import StoreError
-from xr0.augment import AugmentConfig, augment_views, noisy_state
+from xr0.augment import AugmentConfig, augment_views, drops_state, noisy_state
 from xr0.policy import (
     PRIVILEGED_DIMS,
     STATE_DIM,
@@ -436,11 +436,14 @@ class TrainingSamples(torch.utils.data.Dataset):
         task = info["task"]
         seen = noisy_state(state, self.augment, np.random.default_rng([self.seed, 4, g])) if g >= 0 else state
         privileged = {name: np.asarray(info[name], np.float64) for name in self.privileged}
+        model_in = model_state(self.processor, self.robot_type, seen, privileged)  # (1, 32)
+        if g >= 0 and drops_state(self.augment, np.random.default_rng([self.seed, 5, g])):
+            model_in = torch.zeros_like(model_in)  # the training mean of a normalised state
         return {
             "inputs": encode_views(
                 self.processor, task, dict(zip(self.cameras, images, strict=True)), self.cameras
             ),
-            "state": model_state(self.processor, self.robot_type, seen, privileged),  # (1, 32)
+            "state": model_in,
             "actions": model_targets(self.processor, self.robot_type, actions, state, self.relative).float(),
             "valid": torch.as_tensor(~is_pad, dtype=torch.float32),  # (T,)
             "robot_state": torch.as_tensor(state, dtype=torch.float64),  # (14,) for the open-loop error

@@ -40,12 +40,14 @@ def sample_actions(
     seed: int | None = None,
     noise: torch.Tensor | None = None,
     num_steps: int | None = None,
+    blocked_prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from noise to a chunk of normalised actions (B, T, A), in the model dtype.
 
     `action_mask` (B, T, A) sets the chunk length; `prefix` (B, P, A) normalised committed actions that
     the chunk must start with (returned unchanged); the noise comes from `seed` (official seeding) or is
-    given as `noise` (B, T, A).
+    given as `noise` (B, T, A); `blocked_prefix` (P,) bool: prefix columns hidden from the noisy rows (the
+    training mask, for a generation that must see what the trained velocity saw).
     """
     dtype = model.dtype
     action_mask = action_mask.to(device=model.device, dtype=dtype)
@@ -66,7 +68,7 @@ def sample_actions(
     dt = 1.0 / steps
     for k in range(steps):
         t = torch.full((B,), k * dt, dtype=dtype, device=x.device)
-        x = x + model.velocity(ctx, x, t, state, action_mask, P) * dt
+        x = x + model.velocity(ctx, x, t, state, action_mask, P, blocked_prefix) * dt
     return x
 
 

@@ -225,6 +225,11 @@ class Trainer:
             log.info("action and state statistics from %d windows of the training episodes", rows)
         init = str(self.resume_from) if self.resume_from is not None else None
         model, self.processor, self.save_dtype = build_model(cfg, stats, ctx.device, init)
+        if cfg.augment.state_dropout and not self.processor.normalizes_state(cfg.data.robot_type):
+            raise DataError(
+                "train.augment.state_dropout needs a normalised state (a hidden state reads as the "
+                "training mean, 0); this model reads its state raw (train.normalize_state)"
+            )
         set_trainable(model, cfg.mode)
         if cfg.mode == "full" and cfg.gradient_checkpointing:
             model.vlm.model.visual.activation_checkpointing_enable({"use_reentrant": False})

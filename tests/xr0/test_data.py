@@ -225,6 +225,24 @@ def test_augmented_samples_depend_only_on_their_sample_number(sources, proc):
     assert torch.equal(a["actions"], c["actions"])  # targets are never augmented
 
 
+def test_state_dropout_hides_the_normalised_state_of_some_training_samples_only(sources):
+    proc = stats_processor(sources, normalize_state=True)
+    ds = samples(sources, proc, augment=AugmentConfig(state_dropout=0.5))
+    plain = samples(sources, proc)
+    hidden = 0
+    for g in range(40):
+        sample, reference = ds[(0, 5, g)], plain[(0, 5, g)]
+        assert torch.equal(sample["actions"], reference["actions"])  # targets never change
+        if torch.count_nonzero(sample["state"]) == 0:
+            hidden += 1
+        else:
+            assert torch.equal(sample["state"], reference["state"])
+    assert 8 <= hidden <= 32 and torch.count_nonzero(plain[(0, 5, 0)]["state"]) > 0
+    assert torch.equal(ds[(0, 5, -1)]["state"], plain[(0, 5, -1)]["state"])  # held-out: never hidden
+    with pytest.raises(ValueError, match="state_dropout"):
+        AugmentConfig(state_dropout=1.0)
+
+
 def test_mixture_schedule_covers_each_epoch_and_follows_the_weights():
     single = MixtureSchedule([10], [1.0], seed=3)
     for e in range(3):

@@ -100,6 +100,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--state-noise", type=float, default=None, metavar="RAD", help="noise on the joints the model sees"
     )
+    p.add_argument(
+        "--state-dropout",
+        type=float,
+        default=None,
+        metavar="P",
+        help="probability that a sample hides its state from the model (it must use the cameras)",
+    )
     p.add_argument("--crop-scale", type=float, default=None, help="random crop side fraction (1 = no crop)")
     p.add_argument(
         "--start-emphasis",
@@ -171,7 +178,11 @@ def train_config(args: argparse.Namespace, config: AppConfig) -> TrainConfig:
         "start_steps": args.start_emphasis[0] if args.start_emphasis else None,
         "start_repeat": args.start_emphasis[1] if args.start_emphasis else None,
     }
-    augment = {"state_noise_rad": args.state_noise, "crop_scale": args.crop_scale}
+    augment = {
+        "state_noise_rad": args.state_noise,
+        "state_dropout": args.state_dropout,
+        "crop_scale": args.crop_scale,
+    }
     try:
         data_cfg = replace(cfg.data, **{k: v for k, v in data.items() if v is not None})
         aug_cfg = replace(cfg.augment, **{k: v for k, v in augment.items() if v is not None})
