@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,10 @@ import torch
 
 from xr0.boundary import Chunk, PolicyObservation, PolicySpec
 from xr0.contract import ContractError, DeployContract, clip_grippers, stats_digest
-from xr0.flow import sample_actions
+from xr0.flow import sample_actions, seeded_noise
 from xr0.model import XR0Model
 from xr0.processor import STD_ACTIVE, XR0Processor
+from xr0.sampler import ChunkSampler, one_request, place_prefix
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class XR0PolicyConfig:
     seed: int | None = None
     # Control rate the actions are spaced for (Hz).
     fps: float = 30.0
+    # DiT sampling: "fused" (xr0/sampler.py: the inference path) or "reference" (`sample_actions` over
+    # `XR0Model.velocity`, the training path; for comparisons).
+    sampler: str = "fused"
 
     @classmethod
     def from_contract(cls, contract: DeployContract, **choices: Any) -> XR0PolicyConfig:
@@ -94,6 +98,8 @@ class XR0PolicyConfig:
             raise ValueError(f"cameras: {self.cameras} lists a camera twice")
         if len(self.relative) != STATE_DIM:
             raise ValueError(f"relative must have {STATE_DIM} entries, got {len(self.relative)}")
+        if self.sampler not in ("fused", "reference"):
+            raise ValueError(f"sampler must be 'fused' or 'reference', got {self.sampler!r}")
         if self.num_steps is not None and self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
 
@@ -163,6 +169,7 @@ class XR0Policy:
         """`contract`: the checkpoint's deployment contract; when given, it fixes the cameras, the rate, the
         action representation and the gripper range (a `config` that disagrees is refused)."""
         self.model = model.eval()
+        self._sampler = ChunkSampler(model)
         self.processor = processor
         self.contract = contract
         if contract is not None:
@@ -282,46 +289,86 @@ class XR0Policy:
         return state, prefix
 
     def infer(self, observation: PolicyObservation, prefix: np.ndarray) -> Chunk:
+        return self.infer_batch([observation], [prefix])[0]
+
+    def infer_batch(
+        self, observations: Sequence[PolicyObservation], prefixes: Sequence[np.ndarray]
+    ) -> list[Chunk]:
+        """Several requests (robots) in one VLM prefill and one DiT sampling, each with its own images,
+        state, prefix length and seed; each chunk equals what `infer` gives for its request alone, within
+        float rounding (padding the prompts changes the order of sums). An invalid request raises before
+        anything runs (the server then answers the requests one by one)."""
+        if len(observations) != len(prefixes) or not observations:
+            raise ValueError(
+                f"{len(observations)} observations and {len(prefixes)} prefixes: one prefix each"
+            )
         t0 = time.perf_counter()
-        state, prefix = self._check(observation, prefix)
         model, proc, rt = self.model, self.processor, self.config.robot_type
         device, dtype = model.device, model.dtype
-        P = prefix.shape[0]
-        seed = self.config.seed if self.config.seed is not None else observation_seed(observation, prefix)
-
-        views = [(VIEW_LABELS[cam], observation.images[cam]) for cam in self.spec.cameras]
-        inputs = {k: v.to(device) for k, v in proc.encode(observation.instruction, views).items()}
-        privileged = {name: observation.privileged[name] for name in self.spec.privileged}
-        state32 = proc.normalize_state(state_vector(state, privileged), rt)  # (32,), as data.model_state
-        state32 = torch.as_tensor(state32, dtype=dtype, device=device)[None, None]
-        prefix_norm = None
-        if P:
-            # relative dims re-expressed against the new observation's state
-            prefix32 = robot_to_model_actions(prefix, state, self.relative, self.gripper_range)[
-                None
-            ]  # (1, P, 32)
-            prefix_norm = proc.normalize_action(torch.as_tensor(prefix32, device=device), rt)
+        checked = [self._check(o, p) for o, p in zip(observations, prefixes, strict=True)]
+        encoded, states, starts, lengths = [], [], [], []
+        for observation, (state, prefix) in zip(observations, checked, strict=True):
+            P = prefix.shape[0]
+            seed = self.config.seed if self.config.seed is not None else observation_seed(observation, prefix)
+            views = [(VIEW_LABELS[cam], observation.images[cam]) for cam in self.spec.cameras]
+            encoded.append(proc.encode(observation.instruction, views))
+            privileged = {name: observation.privileged[name] for name in self.spec.privileged}
+            state32 = proc.normalize_state(state_vector(state, privileged), rt)  # (32,), as data.model_state
+            states.append(torch.as_tensor(state32, dtype=dtype, device=device)[None, None])
+            prefix_norm = None
+            if P:
+                # relative dims re-expressed against the new observation's state
+                prefix32 = robot_to_model_actions(prefix, state, self.relative, self.gripper_range)[None]
+                prefix_norm = proc.normalize_action(torch.as_tensor(prefix32, device=device), rt)
+            starts.append(place_prefix(seeded_noise(seed, self.action_mask.to(dtype)), prefix_norm))
+            lengths.append(P)
+        inputs = encoded[0] if len(encoded) == 1 else proc.collate(encoded)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        B = len(observations)
+        state32, mask = torch.cat(states), self.action_mask.expand(B, -1, -1)
         t1 = _sync(device)
         with torch.inference_mode():
             ctx = model.encode(inputs)
             t2 = _sync(device)
-            x = sample_actions(
-                model, ctx, state32, self.action_mask, prefix_norm, seed=seed, num_steps=self.config.num_steps
-            )
+            if self.config.sampler == "fused":
+                x = self._sampler.sample(
+                    ctx, torch.cat(starts), state32, mask, lengths, self.config.num_steps
+                )
+            else:  # the reference path, one request at a time (its prefix length is one per call)
+                x = torch.cat(
+                    [
+                        sample_actions(
+                            model,
+                            one_request(ctx, i),
+                            state32[i : i + 1],
+                            self.action_mask,
+                            starts[i][:, :P] if P else None,
+                            noise=starts[i],
+                            num_steps=self.config.num_steps,
+                        )
+                        for i, P in enumerate(lengths)
+                    ]
+                )
             t3 = _sync(device)
-        decoded = proc.decode_action(x, rt)[0].cpu().double().numpy()  # (T, 32) robot units
-        # (T, 14) absolute; grippers clipped to their range as in training. Joint targets are not clipped:
-        # out-of-range joints are the runner's safety check to reject.
-        actions = model_to_robot_actions(decoded, state, self.relative, self.gripper_range)
-        actions[:P] = prefix  # the model kept them fixed; copy them so they are bit-identical
+        decoded = proc.decode_action(x, rt).cpu().double().numpy()  # (B, T, 32) robot units
+        chunks = []
+        for i, (state, prefix) in enumerate(checked):
+            # (T, 14) absolute; grippers clipped to their range as in training. Joint targets are not
+            # clipped: out-of-range joints are the runner's safety check to reject.
+            actions = model_to_robot_actions(decoded[i], state, self.relative, self.gripper_range)
+            actions[: prefix.shape[0]] = (
+                prefix  # the model kept them fixed; copy them so they are bit-identical
+            )
+            chunks.append(actions)
         t4 = time.perf_counter()
         timing = {
             "preprocess": (t1 - t0) * 1e3,
             "vlm": (t2 - t1) * 1e3,
             "dit": (t3 - t2) * 1e3,
             "total": (t4 - t0) * 1e3,
+            "batch": float(B),
         }
-        return Chunk(actions=actions, timing_ms=timing)
+        return [Chunk(actions=a, timing_ms=dict(timing)) for a in chunks]
 
 
 def _sync(device: torch.device) -> float:
@@ -343,4 +390,6 @@ def _agree(config: XR0PolicyConfig | None, contract: DeployContract) -> XR0Polic
             raise ContractError(
                 f"{name}: the checkpoint was trained with {theirs!r}; the policy settings ask for {mine!r}"
             )
-    return XR0PolicyConfig.from_contract(contract, num_steps=config.num_steps, seed=config.seed)
+    return XR0PolicyConfig.from_contract(
+        contract, num_steps=config.num_steps, seed=config.seed, sampler=config.sampler
+    )

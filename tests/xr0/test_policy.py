@@ -102,6 +102,28 @@ def test_concurrent_calls_do_not_disturb_each_other(policy):
     assert all(np.array_equal(results[i], expected[i]) for i in range(3))
 
 
+def test_a_batch_of_robots_gets_the_chunks_each_would_get_alone(policy, model, processor):
+    observations = [observation(3), observation(4, t_ns=9), replace(observation(5), instruction="fold it")]
+    observations[1] = replace(
+        observations[1], images={c: img[:32] for c, img in observations[1].images.items()}
+    )
+    # no prefix, 5 rows, 2 rows; the second robot's images are smaller, so its prompt is shorter (padded)
+    prefixes = [
+        np.zeros((0, 14)),
+        observations[1].state + 0.01 * np.arange(5)[:, None],
+        observations[2].state + np.full((2, 14), 0.02),
+    ]
+    together = policy.infer_batch(observations, prefixes)
+    reference = XR0Policy(model, processor, XR0PolicyConfig(sampler="reference"))
+    for obs, prefix, chunk in zip(observations, prefixes, together, strict=True):
+        alone = policy.infer(obs, prefix)
+        np.testing.assert_allclose(chunk.actions, alone.actions, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(reference.infer(obs, prefix).actions, alone.actions, atol=1e-5, rtol=1e-5)
+        assert np.array_equal(chunk.actions[: len(prefix)], prefix) and chunk.timing_ms["batch"] == 3
+    with pytest.raises(ValueError, match="one prefix each"):
+        policy.infer_batch(observations, prefixes[:2])
+
+
 def test_one_view_policy(model, processor):
     one = XR0Policy(model, processor, XR0PolicyConfig(cameras=("cam_high",), seed=0))
     obs = observation(4)
