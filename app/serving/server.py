@@ -4,7 +4,11 @@ On connect the server sends a versioned hello with the policy's spec (cameras, c
 prefix, fps, robot type); then each binary frame is an `infer` request answered by a `chunk` with the
 server's own timings, or by an `error` sentence (app/serving/wire.py). A malformed, hostile or oversized message
 gets its error reply (an oversized frame: close code 1009 before it is read) and never disturbs the other
-clients; requests are answered one at a time by one inference thread. `GET /healthz` answers `ok`.
+clients. One inference thread answers the requests: when it is free it takes every request waiting (at
+most `max_batch`, after waiting up to `batch_window_ms` for more) and answers them together when the
+policy can (`infer_batch`: one VLM prefill and one DiT sampling for all), so several robots share one model
+at little more than one robot's cost. Each client has at most one request in flight, so a batch holds at
+most one request per client: clients take turns, none can starve another. `GET /healthz` answers `ok`.
 With a token the WebSocket handshake must carry `Authorization: Bearer TOKEN`, else it is refused with 401.
 Importable without torch: the policy it serves is handed in.
 """
@@ -14,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import queue
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -35,7 +41,7 @@ from app.serving.wire import (
     pack,
     unpack,
 )
-from xr0.boundary import Policy, PolicyObservation
+from xr0.boundary import Chunk, Policy, PolicyObservation
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -65,6 +71,11 @@ class ServerConfig:
     max_connections: int = 8
     # Server: a connection that sends nothing for this long is closed (half-open ones are found by pings).
     idle_timeout_s: float = 120.0
+    # Server: most requests (robots) answered together in one model pass; 1 answers them one by one.
+    max_batch: int = 8
+    # Server: after the first waiting request, how long to wait for others to join its batch (ms). 0: take
+    # just the ones already waiting — requests queue while the model runs, so batches form without delay.
+    batch_window_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -79,6 +90,10 @@ class ServerConfig:
             raise ValueError(f"server.max_connections must be 1..1024, got {self.max_connections}")
         if not self.idle_timeout_s > 0:
             raise ValueError(f"server.idle_timeout_s must be > 0 s, got {self.idle_timeout_s}")
+        if not 1 <= self.max_batch <= 256:
+            raise ValueError(f"server.max_batch must be 1..256, got {self.max_batch}")
+        if not 0 <= self.batch_window_ms <= 1000:
+            raise ValueError(f"server.batch_window_ms must be in [0, 1000] ms, got {self.batch_window_ms}")
 
     @property
     def max_request_bytes(self) -> int:
@@ -98,6 +113,8 @@ class PolicyServer:
         max_request_bytes: int = 16 << 20,
         max_connections: int = 8,
         idle_timeout_s: float = 120.0,
+        max_batch: int = 8,
+        batch_window_ms: float = 0.0,
     ) -> None:
         self.policy = policy
         self.host = host
@@ -113,10 +130,11 @@ class PolicyServer:
         self._hello = pack(
             {"type": "hello", "protocol": PROTOCOL, "version": VERSION, "spec": encode_spec(policy.spec)}
         )
-        # One inference thread (requests are answered in arrival order; each client has at most one in
-        # flight, so clients take turns); decoding runs on its own threads, so one client's large images
-        # never hold the model up for the others.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        # One inference thread that answers the waiting requests together (arrival order; each client has
+        # at most one in flight, so clients take turns); decoding runs on its own threads, so one client's
+        # large images never hold the model up for the others.
+        self.batches = 0  # model passes; served / batches is the mean batch size
+        self._batcher = _Batcher(self._infer_many, max_batch, batch_window_ms / 1e3)
         self._decoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="policy-decode")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -133,7 +151,7 @@ class PolicyServer:
         try:
             asyncio.run(self._main(stop_on_signals=True))
         finally:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._batcher.close()
             self._decoders.shutdown(wait=False, cancel_futures=True)
 
     def start(self, timeout_s: float = 10.0) -> int:
@@ -158,7 +176,7 @@ class PolicyServer:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._batcher.close()
         self._decoders.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -246,7 +264,7 @@ class PolicyServer:
                 if isinstance(decoded, bytes):  # an error reply: nothing to infer
                     reply = decoded
                 else:
-                    reply = await loop.run_in_executor(self._executor, self._infer, *decoded)
+                    reply = await asyncio.wrap_future(self._batcher.submit(decoded))
                 await ws.send(reply)
         except ConnectionClosed as e:
             if e.rcvd is not None and e.rcvd.code == 1009 or (e.sent is not None and e.sent.code == 1009):
@@ -261,7 +279,7 @@ class PolicyServer:
     def _answer(self, data: bytes | str, peer: object) -> bytes:
         """Decode, infer, encode in one call (tests and in-process use; the server splits the two)."""
         decoded = self._decode(data, peer)
-        return decoded if isinstance(decoded, bytes) else self._infer(*decoded)
+        return decoded if isinstance(decoded, bytes) else self._infer_many([decoded])[0]
 
     def _decode(
         self, data: bytes | str, peer: object
@@ -285,17 +303,51 @@ class PolicyServer:
             return error_message(f"the message is malformed ({type(e).__name__})", request_id)
         return request_id, observation, prefix, t0, time.perf_counter()
 
-    def _infer(
-        self, request_id: int, observation: PolicyObservation, prefix: np.ndarray, t0: float, t1: float
-    ) -> bytes:
-        """The policy's answer, checked, on the one inference thread."""
+    def _infer_many(
+        self, requests: list[tuple[int, PolicyObservation, np.ndarray, float, float]]
+    ) -> list[bytes]:
+        """The policy's answers to a batch of requests, each checked, on the one inference thread. A batch
+        the policy refuses as a whole is answered request by request, so one bad request costs only its own
+        answer."""
         t_start = time.perf_counter()
-        try:
-            chunk = self.policy.infer(observation, prefix)
-            actions = np.asarray(chunk.actions, dtype=np.float64)
-        except Exception as e:  # noqa: BLE001 - the client gets the sentence, the server keeps serving
-            log.exception("the policy failed on request %s", request_id)
-            return error_message(f"the policy failed: {type(e).__name__}: {e}", request_id)
+        self.batches += 1
+        infer_batch = getattr(self.policy, "infer_batch", None)
+        if len(requests) > 1 and infer_batch is not None:
+            try:
+                chunks = infer_batch([r[1] for r in requests], [r[2] for r in requests])
+            except Exception:  # noqa: BLE001 - answered one by one below, each with its own sentence
+                log.debug(
+                    "a batch of %d failed; answering its requests one by one", len(requests), exc_info=True
+                )
+            else:
+                return [
+                    self._reply(r, chunk, t_start, len(requests))
+                    for r, chunk in zip(requests, chunks, strict=True)
+                ]
+        replies = []
+        for r in requests:
+            t_one = time.perf_counter()
+            try:
+                outcome: Chunk | Exception = self.policy.infer(r[1], r[2])
+            except Exception as e:  # noqa: BLE001 - the client gets the sentence, the server keeps serving
+                log.exception("the policy failed on request %s", r[0])
+                outcome = e
+            replies.append(self._reply(r, outcome, t_one, 1))
+        return replies
+
+    def _reply(
+        self,
+        request: tuple[int, PolicyObservation, np.ndarray, float, float],
+        outcome: Chunk | Exception,
+        t_start: float,
+        batch: int,
+    ) -> bytes:
+        """The chunk message for one request, or its error sentence; the server checks its own output."""
+        request_id, _, _, t0, t1 = request
+        if isinstance(outcome, Exception):
+            return error_message(f"the policy failed: {type(outcome).__name__}: {outcome}", request_id)
+        chunk = outcome
+        actions = np.asarray(chunk.actions, dtype=np.float64)
         spec = self.policy.spec
         if actions.shape != (spec.chunk_length, 14) or not np.all(np.isfinite(actions)):
             # the server checks its own output: a chunk it would not execute itself is never sent
@@ -310,9 +362,57 @@ class PolicyServer:
         t2 = time.perf_counter()
         timing = {f"policy_{k}": float(v) for k, v in chunk.timing_ms.items()}
         timing.update(
-            server_decode=(t1 - t0) * 1e3, server_wait=(t_start - t1) * 1e3, server_infer=(t2 - t_start) * 1e3
+            server_decode=(t1 - t0) * 1e3,
+            server_wait=(t_start - t1) * 1e3,
+            server_infer=(t2 - t_start) * 1e3,
+            server_batch=float(batch),
         )
         reply = {"type": "chunk", "id": request_id, "actions": encode_array(actions), "timing_ms": timing}
         timing["server_total"] = (time.perf_counter() - t0) * 1e3
         self.served += 1
         return pack(reply)
+
+
+class _Batcher:
+    """One inference thread: when free, it takes the requests waiting (up to `max_batch`, waiting up to
+    `window_s` for more after the first) and answers them with one call of `answer`."""
+
+    def __init__(self, answer: Callable[[list], list[bytes]], max_batch: int, window_s: float) -> None:
+        self._answer, self._max, self._window = answer, max_batch, window_s
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="policy", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: tuple) -> Future:
+        future: Future = Future()
+        self._queue.put((request, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch, closing = [first], False
+            deadline = time.perf_counter() + self._window
+            while len(batch) < self._max:
+                remaining = deadline - time.perf_counter()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            live = [(r, f) for r, f in batch if f.set_running_or_notify_cancel()]
+            try:
+                replies = self._answer([r for r, _ in live]) if live else []
+            except BaseException as e:  # noqa: BLE001 - every waiting client is answered, never left hanging
+                for _, f in live:
+                    f.set_exception(e)
+            else:
+                for (_, f), reply in zip(live, replies, strict=True):
+                    f.set_result(reply)
+            if closing:
+                break

@@ -363,3 +363,57 @@ def test_frames_far_larger_than_the_checkpoints_are_refused_before_decoding():
         decode_request(message, spec)
     ok = msgpack.unpackb(encode_request(2, observation(h=480, w=640), np.zeros((0, 14)), 90), raw=False)
     assert decode_request(ok, spec)[1].images["cam_high"].shape == (480, 640, 3)
+
+
+class BatchHold(CameraHold):
+    """Holds; answers batches together (slowly, so that requests queue up) and refuses a whole batch that
+    holds a request for "explode", as a model refuses a batch with one bad input."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes = []
+
+    def infer(self, observation, prefix):
+        if observation.instruction == "explode":
+            raise ValueError("this request cannot be answered")
+        return super().infer(observation, prefix)
+
+    def infer_batch(self, observations, prefixes):
+        self.batch_sizes.append(len(observations))
+        time.sleep(0.15)
+        if any(o.instruction == "explode" for o in observations):
+            raise ValueError("the batch holds a bad request")
+        return [CameraHold.infer(self, o, p) for o, p in zip(observations, prefixes, strict=True)]
+
+
+def test_waiting_requests_are_answered_together_each_client_its_own_chunk():
+    policy = BatchHold()
+    srv = PolicyServer(policy, "127.0.0.1", 0, max_request_bytes=LIMIT, max_batch=8)
+    srv.start()
+    results, errors = {}, {}
+
+    def client(k: int) -> None:
+        c = RemotePolicy(srv.url, timeout_s=10.0)
+        try:
+            for i in range(4):
+                obs = replace(observation(seed=k), instruction="explode" if (k, i) == (3, 1) else "fold")
+                prefix = np.full((2, 14), 10.0 * k + i)
+                try:
+                    results[k, i] = (c.infer(obs, prefix).actions, obs.state)
+                except PolicyServerError as e:
+                    errors[k, i] = str(e)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    srv.stop()
+    assert max(policy.batch_sizes) > 1 and max(policy.batch_sizes) <= 4  # one request per client at most
+    assert set(errors) == {(3, 1)} and "cannot be answered" in errors[3, 1]  # only the bad one failed
+    assert len(results) == 15
+    for (k, i), (actions, _) in results.items():
+        assert np.array_equal(actions, np.full((30, 14), 10.0 * k + i))  # its own prefix, held
+    assert srv.served == 15 and srv.batches < 16

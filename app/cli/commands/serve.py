@@ -95,6 +95,8 @@ def run(args: argparse.Namespace, config: AppConfig) -> int:
         server_cfg.max_request_bytes,
         max_connections=server_cfg.max_connections,
         idle_timeout_s=server_cfg.idle_timeout_s,
+        max_batch=server_cfg.max_batch,
+        batch_window_ms=server_cfg.batch_window_ms,
     )
     spec = policy.spec
     print(
