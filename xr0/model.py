@@ -21,6 +21,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRMSNorm as
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
 
 from xr0.config import TIMESTEP_DIM, DiTConfig, XR0Config
+from xr0.vision import use_official_vision
 
 NUM_MODULATIONS = 6  # shift/scale/gate for attention, shift/scale/gate for the MLP
 
@@ -237,6 +238,7 @@ class XR0Model(nn.Module):
         self.vlm = Qwen3VLForConditionalGeneration._from_config(
             qwen, attn_implementation=attn_implementation, dtype=torch.get_default_dtype()
         )
+        use_official_vision(self.vlm)  # the vision tower as the official recipe (4.57.1) computes it
         d = config.dit_config
         self.dit = DiT(d)
         self.state_projector = Projector(config.state_dim, d.hidden_size)
