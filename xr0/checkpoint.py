@@ -8,6 +8,9 @@ not stored. Loading is strict: a missing or unexpected key, or a wrong shape, is
 
 A Hugging Face Hub id (`ORG/NAME`) is used only when the caller passes one and no local directory of
 that name exists; nothing is downloaded otherwise.
+
+The official post-training code writes DeepSpeed files instead (`RUN/last.ckpt/checkpoint/
+mp_rank_00_model_states.pt`); `load_checkpoint` reads those too, through `xr0.deepspeed_checkpoint`.
 """
 
 from __future__ import annotations
@@ -77,9 +80,13 @@ def save_checkpoint(
 
 # -- loading ----------------------------------------------------------------------------------------------
 def resolve_checkpoint(
-    name: str | Path, local_files_only: bool = False, cache_dir: str | Path | None = None
+    name: str | Path,
+    local_files_only: bool = False,
+    cache_dir: str | Path | None = None,
+    allow_patterns: tuple[str, ...] = ("*.json", "*.safetensors"),
 ) -> Path:
-    """A local checkpoint directory, or a Hub id downloaded (or found in the cache) on request."""
+    """A local checkpoint directory, or a Hub id downloaded (or found in the cache) on request; only the
+    files matching `allow_patterns` are fetched (`("*.json",)` for a base's config and tokenizer)."""
     path = Path(name).expanduser()
     if path.is_dir():
         return path
@@ -96,7 +103,7 @@ def resolve_checkpoint(
     try:
         local = snapshot_download(
             repo_id=text,
-            allow_patterns=["*.json", "*.safetensors"],
+            allow_patterns=list(allow_patterns),
             local_files_only=local_files_only,
             cache_dir=str(cache_dir) if cache_dir else None,
         )
@@ -177,17 +184,23 @@ def load_checkpoint(
     local_files_only: bool = False,
     cache_dir: str | Path | None = None,
 ) -> tuple[XR0Model, XR0Processor]:
-    """Load model and processor strictly. `dtype` None keeps the stored dtype (bf16 for the releases)."""
+    """Load model and processor strictly. `dtype` None keeps the stored dtype (bf16 for the releases). A
+    post-training run of the official trainer (DeepSpeed files, no safetensors) is read by
+    `xr0.deepspeed_checkpoint`, which finds its architecture and tokenizer through the run's config."""
     from safetensors import safe_open
 
     directory = resolve_checkpoint(name, local_files_only, cache_dir)
+    if not has_safetensors(directory):
+        from xr0.deepspeed_checkpoint import find_model_states
+
+        if find_model_states(directory) is not None:
+            return load_post_training(
+                directory, device=device, dtype=dtype, attn_implementation=attn_implementation
+            )
     config = read_config(directory)
     with torch.device("meta"):
         model = XR0Model(config, attn_implementation=attn_implementation)
-    problems = layout_problems(model, stored_shapes(directory))
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise CheckpointError(f"{directory} does not match the XR0 layout: {'; '.join(problems[:5])}{more}")
+    check_layout(model, stored_shapes(directory), directory)
     state: dict[str, torch.Tensor] = {}
     for file in sorted(set(weight_files(directory).values())):
         with safe_open(str(file), framework="pt", device=str(device)) as f:
@@ -196,6 +209,69 @@ def load_checkpoint(
                 # CPU tensors read from a file can sit at unaligned addresses, where CPU kernels take other
                 # code paths and results differ in the last bits; a copy is aligned.
                 state[key] = tensor.clone() if tensor.device.type == "cpu" else tensor
+    assign_weights(model, state, device, dtype)
+    try:
+        processor = XR0Processor.from_pretrained(directory, action_length=config.action_length)
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointError(str(e)) from e
+    return model, processor
+
+
+def load_post_training(
+    path: str | Path,
+    base: str | Path | None = None,
+    robot_type: str = "aloha",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+    local_files_only: bool = True,
+    cache_dir: str | Path | None = None,
+) -> tuple[XR0Model, XR0Processor]:
+    """An official post-training run (`xr0.deepspeed_checkpoint`: the run folder, `last.ckpt` or its
+    `checkpoint` folder), checked as strictly as a checkpoint directory. `base` (a folder, or a Hub id whose
+    JSON files are fetched) gives config.json and the tokenizer; None finds them through the run's config."""
+    from xr0.deepspeed_checkpoint import PostTrainingError, read_post_training
+
+    base_dir = None
+    if base is not None:
+        base_dir = resolve_checkpoint(base, local_files_only, cache_dir, allow_patterns=("*.json",))
+    try:
+        run = read_post_training(path, base_dir, robot_type)
+    except PostTrainingError as e:
+        raise CheckpointError(str(e)) from e
+    with torch.device("meta"):
+        model = XR0Model(run.config, attn_implementation=attn_implementation)
+    weights = run.weights
+    check_layout(model, {k: tuple(v.shape) for k, v in weights.items()}, run.states)
+    if model.vlm.config.tie_word_embeddings and LM_HEAD in weights:
+        if not torch.equal(weights.pop(LM_HEAD), weights[EMBED]):
+            raise CheckpointError(
+                f"{run.states}: {LM_HEAD} differs from {EMBED}, though the config ties them"
+            )
+    # copies: aligned, and free of the flat buffers DeepSpeed keeps its parameters in
+    on_cpu = torch.device(device).type == "cpu"
+    state = {k: v.clone() if on_cpu else v.to(device) for k, v in weights.items()}
+    weights.clear()  # the memory-mapped file is let go of
+    assign_weights(model, state, device, dtype)
+    return model, run.processor
+
+
+def has_safetensors(directory: Path) -> bool:
+    return (directory / INDEX_FILE).is_file() or (directory / SINGLE_FILE).is_file()
+
+
+def check_layout(model: XR0Model, shapes: dict[str, tuple[int, ...]], where: str | Path) -> None:
+    """One sentence naming the first five differences between stored tensors and the model, if any."""
+    problems = layout_problems(model, shapes)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(f"{where} does not match the XR0 layout: {'; '.join(problems[:5])}{more}")
+
+
+def assign_weights(
+    model: XR0Model, state: dict[str, torch.Tensor], device: str | torch.device, dtype: torch.dtype | None
+) -> XR0Model:
+    """Put checked tensors (`check_layout`) into a meta-device model: strict, re-tied, buffers rebuilt."""
     tied = model.vlm.config.tie_word_embeddings
     if tied:
         state[LM_HEAD] = state[EMBED]
@@ -205,11 +281,7 @@ def load_checkpoint(
     _materialize_buffers(model, torch.device(device))
     if dtype is not None:
         cast_parameters(model, dtype)
-    try:
-        processor = XR0Processor.from_pretrained(directory, action_length=config.action_length)
-    except (FileNotFoundError, ValueError) as e:
-        raise CheckpointError(str(e)) from e
-    return model.eval(), processor
+    return model.eval()
 
 
 def _materialize_buffers(model: torch.nn.Module, device: torch.device) -> None:

@@ -1,4 +1,6 @@
 """`xr0 model info [full|tiny|PATH]`: what a model is made of, without loading any weights.
+`xr0 model convert SRC OUT [--base BASE]`: an official post-training (DeepSpeed) checkpoint into a
+checkpoint directory (xr0/deepspeed_checkpoint.py says what is read from where).
 
 The model is built on PyTorch's meta device (shapes only, no memory), so `full` (4.7 B parameters) is
 described in a second on any machine. For a checkpoint directory it also checks the stored tensor names
@@ -23,7 +25,7 @@ _HUB = "Only this command reaches the Hub, for the repo you name; credentials: `
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="sub", metavar="{info,push,pull}", required=True)
+    sub = p.add_subparsers(dest="sub", metavar="{info,convert,push,pull}", required=True)
     push = sub.add_parser(
         "push", help="upload a checkpoint and its model card to the Hugging Face Hub", description=_HUB
     )
@@ -50,6 +52,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     info.add_argument("--robot", choices=ROBOT_TYPES, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     info.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    convert = sub.add_parser(
+        "convert",
+        help="turn an official post-training (DeepSpeed) checkpoint into a checkpoint directory",
+        description="Read RUN/last.ckpt/checkpoint/mp_rank_00_model_states.pt (weights only, strictly checked) "
+        "and the run's config.py (action statistics), take config.json and the tokenizer from a base, and "
+        "write config.json, sharded safetensors and the processor files into OUT.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    convert.add_argument(
+        "src", metavar="SRC", help="the run folder, its last.ckpt folder or last.ckpt/checkpoint"
+    )
+    convert.add_argument("out", metavar="OUT", help="a new folder for the converted checkpoint")
+    convert.add_argument(
+        "--base",
+        default=None,
+        metavar="DIR|HUB_ID",
+        help="the checkpoint the run was trained from, for config.json and the tokenizer (an XR0 release or "
+        "Qwen/Qwen3-VL-4B-Instruct; a Hub id fetches its JSON files only); default: found through the run's "
+        "config (model.params.pretrained)",
+    )
+    convert.add_argument(
+        "--robot-type", default="aloha", help="the name the run's action statistics are stored under"
+    )
 
 
 def describe(target: str) -> dict:
@@ -58,12 +83,18 @@ def describe(target: str) -> dict:
 
     from xr0.checkpoint import CheckpointError, layout_problems, read_config, stored_shapes
     from xr0.config import VARIANTS, variant
+    from xr0.deepspeed_checkpoint import find_model_states
     from xr0.model import XR0Model, parameter_counts
 
     path = Path(target).expanduser()
     directory = None
     if target in VARIANTS and not path.is_dir():
         config = variant(target)
+    elif path.is_dir() and not (path / "config.json").is_file() and find_model_states(path) is not None:
+        raise UserError(
+            f"{target} is an official post-training (DeepSpeed) checkpoint: convert it with "
+            f"`xr0 model convert {target} OUT`, then run `xr0 model info OUT`"
+        )
     elif path.is_dir():
         directory = path
         try:
@@ -140,9 +171,40 @@ def _human(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
+def convert(src: Path, out: Path, base: str | None, robot_type: str) -> str:
+    """Read the DeepSpeed post-training run SRC, write the checkpoint directory OUT; a summary line."""
+    import sys
+
+    from xr0.checkpoint import CheckpointError, has_safetensors, load_post_training, save_checkpoint
+    from xr0.deepspeed_checkpoint import find_model_states
+
+    if src.is_dir() and has_safetensors(src):
+        raise UserError(f"{src} is already a checkpoint directory (safetensors weights): nothing to convert")
+    if not src.is_dir() or find_model_states(src) is None:
+        raise UserError(
+            f"{src} is neither an official post-training checkpoint (the run folder, its last.ckpt or "
+            "last.ckpt/checkpoint, holding mp_rank_00_model_states.pt) nor a checkpoint directory"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not an empty folder; choose a new OUT")
+    print(f"xr0 model convert: reading {src} …", file=sys.stderr)
+    try:
+        model, processor = load_post_training(src, base, robot_type, local_files_only=False)
+    except CheckpointError as e:
+        raise UserError(str(e)) from e
+    tensors = len(model.state_dict())
+    print(f"xr0 model convert: {tensors} tensors match the XR0 layout; writing {out} …", file=sys.stderr)
+    save_checkpoint(model, processor, out)
+    robots = ", ".join(f"{rt} (T={processor.chunk_length(rt)})" for rt in processor.list_robot_types())
+    return f"converted {src} into {out} ({model.dtype}, action statistics: {robots or 'none'})"
+
+
 def run(args: argparse.Namespace, config: AppConfig) -> int:
     import sys
 
+    if args.sub == "convert":
+        print(convert(Path(args.src).expanduser(), Path(args.out).expanduser(), args.base, args.robot_type))
+        return 0
     if args.sub in ("push", "pull"):
         from app.interop import hub
 
