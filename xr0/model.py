@@ -302,10 +302,25 @@ class XR0Model(nn.Module):
     def vlm_position_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(3, B, L) MRoPE ids as Qwen3-VL computes them (padding filled with 1, as in transformers 4.57)."""
         mask = inputs["attention_mask"]
+        grid = inputs.get("image_grid_thw")
+        # The ids depend only on the prompt's layout (tokens, image grids, padding), the same for every chunk
+        # of a rollout; at inference the last layout's ids are kept (get_rope_index is a Python loop).
+        key = None
+        if not torch.is_grad_enabled():
+            parts = (inputs["input_ids"], inputs["mm_token_type_ids"], mask) + (
+                () if grid is None else (grid,)
+            )
+            key = tuple((tuple(t.shape), t.cpu().numpy().tobytes()) for t in parts)
+            cached = self.__dict__.get("_position_ids_cache")
+            if cached is not None and cached[0] == key:
+                return cached[1].to(mask.device)
         pos, _ = self.vlm.model.get_rope_index(
-            inputs["input_ids"], inputs["mm_token_type_ids"], inputs.get("image_grid_thw"), None, mask
+            inputs["input_ids"], inputs["mm_token_type_ids"], grid, None, mask
         )
-        return pos.masked_fill(~mask.bool()[None], 1)
+        pos = pos.masked_fill(~mask.bool()[None], 1)
+        if key is not None:
+            self.__dict__["_position_ids_cache"] = (key, pos)
+        return pos
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> VLMContext:
         """Run the VLM over the prompt (no logits) and keep the KV cache of its last DiT-many text layers.

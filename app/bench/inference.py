@@ -44,6 +44,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the model's, 5)")
     p.add_argument("--iters", type=int, default=30, help="timed chunks")
     p.add_argument("--warmup", type=int, default=3, help="untimed chunks first")
+    p.add_argument(
+        "--no-compare",
+        dest="compare",
+        action="store_false",
+        help="skip timing the reference path of each stage (transformers' image processor and vision "
+        "forward, the unfused DiT sampler) for the speed-ups",
+    )
 
 
 def build_policy(
@@ -140,4 +147,71 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     }
     if device.startswith("cuda"):
         result["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.compare:
+        result["reference_ms"], result["speedup"] = compare_stages(policy, images, args, device)
     return result
+
+
+def compare_stages(
+    policy: XR0Policy, images: dict, args: argparse.Namespace, device: str
+) -> tuple[dict, dict]:
+    """p50 of each stage on its reference path and on the optimised one, on the same inputs: images through
+    transformers' image processor vs `xr0.images`; the VLM with transformers' vision forward and MRoPE ids
+    recomputed vs ours (fp32 patch embedding as a matrix product, per-grid tables and ids kept); the DiT
+    through `sample_actions` vs the fused sampler."""
+    import torch
+
+    from xr0.flow import sample_actions, seeded_noise
+    from xr0.images import image_patches
+    from xr0.policy import VIEW_LABELS
+    from xr0.vision import use_official_vision
+
+    model, proc = policy.model, policy.processor
+    views = [images[c] for c in policy.spec.cameras]
+    inputs = {
+        k: v.to(device)
+        for k, v in proc.encode(
+            "transfer the cube", [(VIEW_LABELS[c], images[c]) for c in policy.spec.cameras]
+        ).items()
+    }
+    state = torch.zeros(1, 1, 32, dtype=model.dtype, device=device)
+    mask = policy.action_mask
+    noise = seeded_noise(0, mask.to(model.dtype))
+    prefix = noise[:, : args.prefix] if args.prefix else None
+
+    def vlm_reference() -> None:
+        model.__dict__.pop("_position_ids_cache", None)
+        use_official_vision(model.vlm, False)
+        try:
+            model.encode(inputs)
+        finally:
+            use_official_vision(model.vlm, True)
+
+    with torch.inference_mode():
+        ctx = model.encode(inputs)
+        stages = {
+            "preprocess": (
+                lambda: proc.image_processor(images=views, return_tensors="pt"),
+                lambda: image_patches(proc.image_processor, views),
+            ),
+            "vlm": (vlm_reference, lambda: model.encode(inputs)),
+            "dit": (
+                lambda: sample_actions(model, ctx, state, mask, prefix, noise=noise, num_steps=args.steps),
+                lambda: policy._sampler.sample(ctx, noise, state, mask, args.prefix, args.steps),
+            ),
+        }
+        reference, speedup = {}, {}
+        for name, (slow, fast) in stages.items():
+            times = {"reference": [], "optimised": []}
+            for i in range(args.warmup + args.iters):
+                for label, fn in (("reference", slow), ("optimised", fast)):  # interleaved: same load
+                    t0 = time.perf_counter()
+                    fn()
+                    if device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    if i >= args.warmup:
+                        times[label].append((time.perf_counter() - t0) * 1e3)
+            ref, opt = float(np.median(times["reference"])), float(np.median(times["optimised"]))
+            reference[name] = {"reference_p50": round(ref, 2), "optimised_p50": round(opt, 2)}
+            speedup[name] = round(ref / opt, 2)
+    return reference, speedup

@@ -245,3 +245,12 @@ def test_training_times_follow_beta():
     # s = 1 − t/0.999 ~ Beta(1.5, 1): mean 0.6, so E[t] = 0.999·0.4
     assert t.mean().item() == pytest.approx(0.999 * 0.4, abs=3e-3)
     assert (t < 0.5).float().mean().item() == pytest.approx(1 - (1 - 0.5 / 0.999) ** 1.5, abs=3e-3)
+
+
+def test_position_ids_kept_at_inference_are_those_of_the_prompt_given(model, processor, inputs):
+    other = processor.encode("fold", [("Ego View", make_images(5)[0][:32])])
+    with torch.enable_grad():  # computed afresh, never from the cache
+        want_a, want_b = model.vlm_position_ids(inputs), model.vlm_position_ids(other)
+    with torch.no_grad():
+        for batch, want in ((inputs, want_a), (other, want_b), (inputs, want_a), (inputs, want_a)):
+            assert torch.equal(model.vlm_position_ids(batch), want)

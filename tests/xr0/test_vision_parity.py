@@ -186,3 +186,19 @@ def test_outputs_the_official_path_cannot_record_are_refused(frozen):
     inputs = frozen["inputs"]
     with pytest.raises(ValueError, match="output_hidden_states"):
         visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"], output_hidden_states=True)
+
+
+def test_grid_tables_are_kept_at_inference_and_follow_the_grid_and_the_weights():
+    visual = create_model(variant("tiny"), seed=0).eval().vlm.model.visual
+    grid = torch.tensor([[1, 4, 6]])
+    with torch.no_grad():
+        first = visual._grid_tables(grid)
+        assert visual._grid_tables(grid)[0] is first[0]  # kept: the same camera sizes every chunk
+        visual.pos_embed.weight.mul_(2.0)  # in place, as an optimizer step or a weight load
+        doubled = visual._grid_tables(grid)
+        other = visual._grid_tables(torch.tensor([[1, 6, 4]]))
+    torch.testing.assert_close(doubled[0], 2 * first[0])
+    assert other[0].shape == first[0].shape and not torch.equal(other[1][0], first[1][0])
+    torch.testing.assert_close(other[0], interpolated_position_embeddings(visual, torch.tensor([[1, 6, 4]])))
+    with torch.enable_grad():  # training: computed every time, so gradients reach the table
+        assert visual._grid_tables(grid)[0].requires_grad
