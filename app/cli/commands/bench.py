@@ -31,6 +31,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "inference": ("XR0 chunk latency, VLM prefill vs DiT steps", "app.bench.inference"),
     "async": ("async vs sync vs async-naive in the simulator", "app.bench.async_modes"),
     "server": ("a good client's chunk latency beside hostile and greedy clients", "app.bench.server"),
+    "serve": ("several robots sharing one policy server: chunks/s and latency per client", "app.bench.serve"),
     "soak": ("a long async rollout over the wire, recorded and logged: drift per minute", "app.bench.soak"),
     "codecs": (
         "bytes per minute, PSNR/SSIM, encode speed and random access per image/video codec",
