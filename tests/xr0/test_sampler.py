@@ -115,3 +115,16 @@ def test_bad_prefix_lengths_are_one_sentence(model, context):
         ChunkSampler(model).sample(context, noise, state, active_mask(), [T])
     with pytest.raises(ValueError, match="prefix_lengths"):
         ChunkSampler(model).sample(context, noise, state, active_mask(), [0, 1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_equals_the_reference_on_the_gpu_in_bf16(model, inputs):
+    gpu = cast_parameters(copy.deepcopy(model), torch.bfloat16).to("cuda")
+    with torch.no_grad():
+        ctx = gpu.encode({k: v.to("cuda") for k, v in inputs.items()})
+    noise, state, prefix = (t.to("cuda", torch.bfloat16) for t in draws(11, P=4))
+    mask = active_mask().to("cuda")
+    want = reference(gpu, ctx, noise, state, prefix, mask)
+    got = ChunkSampler(gpu).sample(ctx, place_prefix(noise, prefix), state, mask, 4)
+    torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=2e-2)
