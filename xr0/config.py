@@ -304,11 +304,32 @@ def _tiny() -> XR0Config:
     return XR0Config(vlm_config=tiny_vlm(tiny_special_ids()), dit_config=dit)
 
 
+def _small() -> XR0Config:
+    """The tiny tokenizer with a 12-layer text model (768 wide, 4 KV heads of 64), an 8-block vision tower
+    (512 wide, DeepStack from blocks 1/3/5) and a 6-layer DiT: the proportions of `full` at ≈1/35 of it."""
+    vlm = tiny_vlm(tiny_special_ids())
+    text = vlm["text_config"]
+    text.update(
+        hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+        num_key_value_heads=4, head_dim=64,
+    )  # fmt: skip
+    text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": [12, 10, 10]}  # sums to head_dim/2
+    vlm["vision_config"].update(
+        depth=8, hidden_size=512, intermediate_size=2048, num_heads=8, out_hidden_size=768,
+        num_position_embeddings=1024, deepstack_visual_indexes=[1, 3, 5],
+    )  # fmt: skip
+    dit = DiTConfig(
+        hidden_size=256, num_hidden_layers=6, head_dim=64, num_key_value_heads=4, intermediate_size=1024
+    )
+    return XR0Config(vlm_config=vlm, dit_config=dit)
+
+
 # name -> (description, factory). `full` has the published shapes; masks and offsets are switches
 # (`variant("full", dit_mask="causal")` is the released-checkpoint behaviour).
 VARIANTS = {
     "full": ("the published XR0: Qwen3-VL-4B + 16-layer DiT (≈4.72 B parameters)", _full),
     "tiny": ("the same structure at toy sizes (≈1.7 M parameters) for tests and CPU benchmarks", _tiny),
+    "small": ("a mid-size model (≈132 M parameters) for CPU measurements of the training modes", _small),
 }
 
 

@@ -4,7 +4,14 @@ One step is what `xr0 train` does per batch: the VLM pass (no grad in frozen-vlm
 `training_repeat` copies with the flow-matching loss (plus the no-grad reweighting generation when
 `--async-train` draws a prefix), backward, gradient clipping and AdamW — the trainer's own objective,
 parameter groups and optimiser, on random images, states and targets (step time does not depend on the
-values). `tiny` runs on a CPU; `full` needs a CUDA GPU (bf16 autocast, fp32 master weights).
+values). `tiny` and `small` (≈132 M parameters) run on a CPU; `full` needs a CUDA GPU (bf16 autocast, fp32
+master weights).
+
+Each mode runs in a fresh process (spawned), so its memory is its own: `peak_rss_gib` is that process's
+resident high-water mark (`ru_maxrss`: interpreter, libraries, weights, optimiser state and the largest
+step's activations), `rss_before_steps_gib` the same mark before the first step (imports, model, batch);
+on a GPU `peak_gpu_mem_gib` is torch's allocated peak. `estimate` is what `xr0 train` logs before training
+(weights, gradients, AdamW moments; no activations).
 """
 
 from __future__ import annotations
@@ -30,8 +37,28 @@ LABELS = ("Ego View", "Left-Wrist View", "Right-Wrist View")
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", default="tiny", choices=("tiny", "full"), help="model with random weights")
-    p.add_argument("--modes", nargs="+", default=["frozen-vlm", "full"], choices=("frozen-vlm", "full"))
+    from xr0.train_config import LoraConfig
+
+    p.add_argument(
+        "--variant", default="tiny", choices=("tiny", "small", "full"), help="model with random weights"
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["frozen-vlm", "lora", "full"],
+        choices=("frozen-vlm", "lora", "full"),
+        help="training modes, each measured in its own process",
+    )
+    p.add_argument(
+        "--lora-rank", type=int, default=LoraConfig.rank, help="lora: adapter rank (alpha = 2·rank)"
+    )
+    p.add_argument(
+        "--lora-targets",
+        nargs="+",
+        default=list(LoraConfig().targets),
+        metavar="PROJ",
+        help="lora: projections with adapters (drop qkv proj linear_fc1 linear_fc2 to leave vision frozen)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="samples per step")
     p.add_argument("--views", type=int, default=3, choices=(1, 2, 3), help="camera views per sample")
     p.add_argument("--width", type=int, default=320, help="image width (multiple of 32 keeps it unchanged)")
@@ -65,14 +92,19 @@ def _batch(
 
 
 def _measure(args: argparse.Namespace, mode: str, device: torch.device) -> dict:
+    import resource
+
     import torch
 
+    from xr0 import memory
     from xr0.config import QWEN_SPECIAL_TOKENS, tiny_special_ids, variant
+    from xr0.lora import adapts_vision, add_adapters
     from xr0.model import create_model, parameter_counts
     from xr0.objective import FlowObjective, draw_step
     from xr0.policy import XR0_INDEX
     from xr0.processor import XR0Processor
     from xr0.train import param_groups, set_trainable
+    from xr0.train_config import LoraConfig
 
     T = args.horizon
     std = np.zeros((T, 32), np.float32)
@@ -83,8 +115,13 @@ def _measure(args: argparse.Namespace, mode: str, device: torch.device) -> dict:
     )
     config = variant(args.variant, action_length=T, max_prefix=6 if args.async_train else 0)
     model = create_model(config, seed=0, device=device)
+    vision_grads = mode == "full"
+    if mode == "lora":
+        lora = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank, targets=tuple(args.lora_targets))
+        add_adapters(model, lora)
+        vision_grads = adapts_vision(lora)
     set_trainable(model, mode)
-    if mode == "full" and not args.no_gradient_checkpointing:
+    if vision_grads and not args.no_gradient_checkpointing:
         model.vlm.model.visual.activation_checkpointing_enable({"use_reentrant": False})
     model.train()
     if mode == "frozen-vlm":
@@ -112,6 +149,7 @@ def _measure(args: argparse.Namespace, mode: str, device: torch.device) -> dict:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     times = []
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     for step in range(args.warmup + args.steps):
         draws = draw_step(0, step, B, args.training_repeat, T, 32, mask, config.max_prefix, 0.5).to(device)
         t0 = time.perf_counter()
@@ -135,6 +173,9 @@ def _measure(args: argparse.Namespace, mode: str, device: torch.device) -> dict:
         },
         "samples_per_s": round(B / (float(np.mean(times)) / 1e3), 2),
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "estimate": memory.estimate(model),
+        "rss_before_steps_gib": round(rss_before / 2**30, 2),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30, 2),
     }
     if device.type == "cuda":
         out["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -144,8 +185,17 @@ def _measure(args: argparse.Namespace, mode: str, device: torch.device) -> dict:
     return out
 
 
+def _measure_in_process(options: dict, mode: str, device: str, threads: int) -> dict:
+    """`_measure` in a fresh process (spawned), so peak RSS belongs to this mode alone."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return _measure(argparse.Namespace(**options), mode, torch.device(device))
+
+
 def bench(args: argparse.Namespace, config: AppConfig) -> dict:
-    import resource
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     import torch
 
@@ -156,6 +206,12 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
         device = pick_device(args.device)
     except ValueError as e:
         raise UserError(f"--device: {e}") from e
+    from xr0.train_config import LoraConfig
+
+    try:
+        LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank, targets=tuple(args.lora_targets))
+    except ValueError as e:
+        raise UserError(f"--{str(e).replace('.', '-', 1)}") from e
     if args.variant == "full" and device.type != "cuda":
         raise UserError("--variant full needs a CUDA GPU (fp32 weights plus AdamW state: tens of GB)")
     result = {
@@ -172,9 +228,18 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
         "steps": args.steps,
         "torch_threads": torch.get_num_threads(),
     }
+    options = {k: v for k, v in vars(args).items() if isinstance(v, int | float | str | list | bool | None)}
+    spawn = multiprocessing.get_context("spawn")
     for mode in args.modes:
-        log.info("timing %s steps of %s …", mode, args.variant)
-        result[mode] = _measure(args, mode, device)
-    result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+        log.info("timing %s steps of %s in a fresh process …", mode, args.variant)
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            job = pool.submit(_measure_in_process, options, mode, str(device), torch.get_num_threads())
+            result[mode] = job.result()
+        if mode == "lora":
+            result[mode]["adapters"] = {
+                "rank": args.lora_rank,
+                "alpha": 2.0 * args.lora_rank,
+                "targets": list(args.lora_targets),
+            }
     result["machine"] = machine()
     return result
