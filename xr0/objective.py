@@ -1,16 +1,25 @@
 """The training objective: flow matching with the asynchronous post-training recipe (spec §1.6–1.7, §5.2).
 
 Per step (one VLM pass per sample):
+- **training_repeat** R: the DiT branch runs on R copies of each sample (`VLMContext.repeat_interleave`),
+  each with its own flow time and noise.
 - **prefix** (`async_train`): P = 0 with probability 0.5, else uniform in 1…min(max_prefix, T−1); one P
   for the whole batch. The first P rows of the target chunk go in clean; loss and targets cover rows P…T−1.
 - **prefix-column masking**: for P > 2, each of the prefix columns a_0 … a_{P−3} is hidden from the noisy
   rows with probability `prefix_mask_prob` (one draw for the batch).
-- **online L1 reweighting** (P > 0): a no-grad 5-step generation with the clean prefix; w = |generated −
-  target| on the active, non-prefix, non-padded elements, divided by its mean over the global batch (summed
-  across ranks) and clamped to `reweight_clamp` ([0.5, 5]); the loss is weighted elementwise by w.
-- **training_repeat** R: the DiT branch runs on R copies of each sample (`VLMContext.repeat_interleave`),
-  each with its own flow time and noise.
-- optional **frequency loss** (`freq_loss_weight`, λ_freq).
+- **online L1 reweighting** (P > 0), as the official `forward`/`compute_loss` do it: every copy runs a
+  no-grad 5-step generation from its own training noise, with the clean prefix and under the step's
+  blocked prefix columns; err = |generated − target|. On the *active* elements (used dims, rows P…, not
+  padded) err is divided by its mean over them (the global batch, summed across ranks — the official code
+  takes each rank's own mean); then every element is clamped to `reweight_clamp` ([0.5, 5]) — so an
+  element outside the active set keeps its clamped raw error, which only the frequency term reads.
+  `reweight_per_copy=False` keeps the cheaper variant: one generation per sample (from `gen_noise`),
+  its weights shared by the R copies.
+- **loss** (`recipe_loss`, the official `compute_loss`): 0.5 · the weighted squared velocity error,
+  averaged over the active elements only (a padded row is neither in the numerator nor the denominator;
+  the count is the global batch's, where the official code divides by each rank's own),
+  plus `freq_loss_weight` · the mean |rFFT over time| difference of prediction and target on rows P…
+  (all rows and dims, as official), scaled per copy by its mean weight.
 
 Every random draw of a step comes from `draw_step(seed, step, …)` for the *global* batch, and each rank
 takes its slice: the run is the same function of the seed whatever the world size, and a resumed run
@@ -30,7 +39,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from xr0.flow import draw_blocked_prefix, flow_matching_loss, sample_actions, sample_flow_time
+from xr0.flow import draw_blocked_prefix, sample_actions, sample_flow_time
 from xr0.model import XR0Model
 
 NO_PREFIX_PROB = 0.5  # official: half the batches train without a prefix
@@ -44,7 +53,7 @@ class StepDraws:
     blocked: torch.Tensor | None  # (P,) bool: prefix columns hidden from the noisy rows
     time: torch.Tensor  # (B·R,) flow times
     noise: torch.Tensor  # (B·R, T, A)
-    gen_noise: torch.Tensor  # (B, T, A) noise of the reweighting generation (and of evaluation)
+    gen_noise: torch.Tensor  # (B, T, A) noise of evaluation (and of the shared reweighting generation)
 
     def shard(self, rank: int, world: int) -> StepDraws:
         """This rank's rows (the global batch is split in contiguous equal parts)."""
@@ -114,15 +123,47 @@ def l1_weights(
     clamp: tuple[float, float],
     reduce: bool = True,
 ) -> torch.Tensor:
-    """Online L1 reweighting: |generated − target| / its mean over `selected` elements (the global batch
-    when `reduce` and torch.distributed is initialised), clamped; 1 outside `selected`."""
+    """Online L1 reweighting (official `compute_loss`): err = |generated − target|; on `selected` elements
+    err / its mean over them (the global batch when `reduce` and torch.distributed is initialised), the raw
+    err elsewhere; then all of it clamped."""
     err = (generated.float() - target.float()).abs()
     sums = torch.stack([(err * selected).sum(), selected.sum().float()])
     if reduce and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(sums)
     mean = sums[0] / sums[1].clamp_min(1.0)
-    w = (err / mean.clamp_min(1e-12)).clamp(*clamp)
-    return torch.where(selected, w, torch.ones_like(w))
+    return torch.where(selected, err / mean.clamp_min(1e-12), err).clamp(*clamp)
+
+
+def recipe_loss(
+    v: torch.Tensor,
+    target: torch.Tensor,
+    active: torch.Tensor,
+    prefix_length: int,
+    weight: torch.Tensor | None = None,
+    freq_weight: float = 0.0,
+    reduce: bool = True,
+) -> torch.Tensor:
+    """The official loss: 0.5 · mean over `active` (B, T, A) of weight·(v − target)², plus `freq_weight` ·
+    mean |rFFT_time(v) − rFFT_time(target)| over rows `prefix_length`… (every row and dim), each sample's
+    term scaled by its mean weight over those rows. `weight` None = 1.
+
+    With `reduce` under torch.distributed the squared-error mean divides by the *global* count of active
+    elements (times the world size, which DDP/FSDP's gradient averaging takes back out): padded rows differ
+    between ranks, and this keeps the run the one-process run at any world size."""
+    v, target = v.float(), target.float()
+    w = torch.ones_like(v) if weight is None else weight.float()
+    err = (v - target).pow(2) * w
+    count, world = active.sum().float(), 1
+    if reduce and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        dist.all_reduce(count)
+    loss = 0.5 * err[active].sum() * world / count.clamp_min(1)
+    if freq_weight:
+        P = prefix_length
+        diff = torch.fft.rfft(v[:, P:], dim=1) - torch.fft.rfft(target[:, P:], dim=1)
+        per_sample = diff.abs().mean(dim=(1, 2)) * w[:, P:].mean(dim=(1, 2))
+        loss = loss + freq_weight * per_sample.mean()
+    return loss
 
 
 class FlowObjective(nn.Module):
@@ -137,6 +178,7 @@ class FlowObjective(nn.Module):
         freq_loss_weight: float = 0.0,
         reweight: bool = True,
         reweight_clamp: tuple[float, float] = (0.5, 5.0),
+        reweight_per_copy: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -145,6 +187,7 @@ class FlowObjective(nn.Module):
         self.freq_loss_weight = freq_loss_weight
         self.reweight = reweight
         self.reweight_clamp = reweight_clamp
+        self.reweight_per_copy = reweight_per_copy
 
     def forward(
         self,
@@ -167,43 +210,58 @@ class FlowObjective(nn.Module):
         if predict:
             with torch.no_grad():
                 return sample_actions(model, ctx, state, action_mask, noise=draws.gen_noise)
-        B, T, _ = actions.shape
-        P = draws.prefix_length
-        rows = torch.arange(T, device=actions.device)[None, :, None] >= P
-        weight = valid[:, :, None].expand_as(actions).float()
-        stats: dict[str, torch.Tensor] = {}
-        if P and self.reweight:
+        R, P = self.training_repeat, draws.prefix_length
+        reweight = bool(P) and self.reweight
+        generated = None
+        if reweight and not self.reweight_per_copy:  # one generation per sample, shared by its R copies
             with torch.no_grad():
                 generated = sample_actions(
-                    model, ctx, state, action_mask, actions[:, :P], noise=draws.gen_noise
-                )
-                selected = (action_mask > 0) & rows & (valid[:, :, None] > 0)
-                w = l1_weights(generated, actions, selected, self.reweight_clamp)
-            weight = weight * w
-            sel_w = w[selected]
-            stats = {
-                "weight_min": sel_w.min(),
-                "weight_max": sel_w.max(),
-                "weight_clamped": ((sel_w <= self.reweight_clamp[0]) | (sel_w >= self.reweight_clamp[1]))
-                .float()
-                .mean(),
-            }
-        R = self.training_repeat
+                    model,
+                    ctx,
+                    state,
+                    action_mask,
+                    actions[:, :P],
+                    noise=draws.gen_noise,
+                    blocked_prefix=draws.blocked,
+                ).repeat_interleave(R, 0)
         if R > 1:
             ctx = ctx.repeat_interleave(R)
             state, actions = state.repeat_interleave(R, 0), actions.repeat_interleave(R, 0)
-            action_mask, weight = action_mask.repeat_interleave(R, 0), weight.repeat_interleave(R, 0)
-        loss = flow_matching_loss(
-            model,
-            ctx,
-            actions,
-            state,
-            action_mask,
-            P,
-            time=draws.time,
-            noise=draws.noise,
-            weight=weight,
-            blocked_prefix=draws.blocked,
-            freq_weight=self.freq_loss_weight,
-        )
+            action_mask, valid = action_mask.repeat_interleave(R, 0), valid.repeat_interleave(R, 0)
+        T = actions.shape[1]
+        rows = torch.arange(T, device=actions.device)[None, :, None] >= P
+        active = (action_mask > 0) & rows & (valid[:, :, None] > 0)  # (B·R, T, A): what the MSE averages
+        weight, stats = None, {}
+        if reweight:
+            with torch.no_grad():
+                if generated is None:  # official: each copy from its own training noise
+                    generated = sample_actions(
+                        model,
+                        ctx,
+                        state,
+                        action_mask,
+                        actions[:, :P],
+                        noise=draws.noise,
+                        blocked_prefix=draws.blocked,
+                    )
+                weight = l1_weights(generated, actions, active, self.reweight_clamp)
+            sel_w = weight[active]
+            lo, hi = self.reweight_clamp
+            stats = (
+                {}
+                if sel_w.numel() == 0
+                else {
+                    "weight_min": sel_w.min(),
+                    "weight_max": sel_w.max(),
+                    "weight_clamped": ((sel_w <= lo) | (sel_w >= hi)).float().mean(),
+                }
+            )
+        actions = actions.float()
+        noise = draws.noise.float()
+        tt = draws.time.float()[:, None, None]
+        x_t = (1 - tt) * noise + tt * actions
+        if P:
+            x_t = torch.cat([actions[:, :P], x_t[:, P:]], dim=1)
+        v = model.velocity(ctx, x_t, draws.time, state, action_mask, P, draws.blocked)
+        loss = recipe_loss(v, actions - noise, active, P, weight, self.freq_loss_weight)
         return loss, stats

@@ -148,12 +148,14 @@ def _switches(config, cfg: TrainConfig):
 
 
 def set_trainable(model, mode: str) -> None:
-    """frozen-vlm: the action head only; full: everything but the input embeddings (and the tied lm_head)
-    and the VLM parameters no output depends on."""
+    """frozen-vlm: the action head only; lora: the action head and the VLM's adapters (`xr0.lora`); full:
+    everything but the input embeddings (and the tied lm_head) and the VLM parameters no output depends on."""
     frozen = model.unused_vlm_parameter_names()
     for name, p in model.named_parameters():
         if mode == "frozen-vlm":
             p.requires_grad_(not name.startswith("vlm."))
+        elif mode == "lora":
+            p.requires_grad_(not name.startswith("vlm.") or ".lora_A." in name or ".lora_B." in name)
         else:
             p.requires_grad_(name not in frozen and "embed_tokens" not in name and "lm_head" not in name)
 
@@ -224,14 +226,24 @@ class Trainer:
             stats.update(state_statistics(source_states(self.sources, cfg.data.privileged)))
             log.info("action and state statistics from %d windows of the training episodes", rows)
         init = str(self.resume_from) if self.resume_from is not None else None
+        if init is not None and cfg.mode == "lora":  # its checkpoints are merged: rebuild the base instead
+            from xr0.lora import base_init
+
+            init = base_init(self.resume_from, cfg.seed)
         model, self.processor, self.save_dtype = build_model(cfg, stats, ctx.device, init)
         if cfg.augment.state_dropout and not self.processor.normalizes_state(cfg.data.robot_type):
             raise DataError(
                 "train.augment.state_dropout needs a normalised state (a hidden state reads as the "
                 "training mean, 0); this model reads its state raw (train.normalize_state)"
             )
+        vision_grads = cfg.mode == "full"
+        if cfg.mode == "lora":
+            from xr0.lora import adapts_vision, add_adapters
+
+            add_adapters(model, cfg.lora, seed=cfg.seed)
+            vision_grads = adapts_vision(cfg.lora)
         set_trainable(model, cfg.mode)
-        if cfg.mode == "full" and cfg.gradient_checkpointing:
+        if vision_grads and cfg.gradient_checkpointing:
             model.vlm.model.visual.activation_checkpointing_enable({"use_reentrant": False})
         model.train()
         if cfg.mode == "frozen-vlm":
@@ -242,6 +254,10 @@ class Trainer:
             with torch.no_grad():
                 for name, value in state["trainable"].items():
                     params[name].copy_(value)
+        if cfg.precision == "bf16-weights":  # the official run's bf16 weights; AdamW keeps fp32 masters
+            from xr0.model import cast_parameters
+
+            cast_parameters(model, torch.bfloat16)
         self.model = model
         objective = FlowObjective(
             model,
@@ -250,20 +266,34 @@ class Trainer:
             freq_loss_weight=cfg.freq_loss_weight,
             reweight=cfg.async_train,
             reweight_clamp=cfg.reweight_clamp,
+            reweight_per_copy=cfg.reweight_per_copy,
         )
         self.wrapped = dist_.wrap(objective, self.strategy, ctx)
         self.params = _trainable(objective)
         fused = ctx.device.type == "cuda" and self.strategy != "fsdp"
-        self.optimizer = torch.optim.AdamW(
-            param_groups(objective, cfg.weight_decay),
-            lr=cfg.lr,
-            betas=cfg.betas,
-            eps=cfg.eps,
-            fused=fused or None,
-        )
+        if cfg.precision == "bf16-weights":
+            from xr0.optim import MasterWeightAdamW
+
+            self.optimizer = MasterWeightAdamW(
+                param_groups(objective, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(
+                param_groups(objective, cfg.weight_decay),
+                lr=cfg.lr,
+                betas=cfg.betas,
+                eps=cfg.eps,
+                fused=fused or None,
+            )
         self.ema = None
         if cfg.ema_decay:
             self.ema = {n: p.detach().clone().float() for n, p in self.params.items()}
+        if ctx.main:
+            from xr0 import memory
+
+            shards = ctx.world if self.strategy == "fsdp" else 1
+            estimate = memory.estimate(model, ema=bool(cfg.ema_decay), shards=shards)
+            log.info(memory.describe(cfg.mode, estimate))
         if state is not None:
             self._restore(state)
         self.action_mask = self.processor.get_action_mask(cfg.data.robot_type)[0]  # (T, 32)
@@ -300,11 +330,12 @@ class Trainer:
 
     def _check_resume(self, model, state: dict[str, Any]) -> None:
         """The resumed run must train the same parameters; other changes are allowed but reported."""
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        if trainable != set(state["trainable"]):
+        trainable = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+        saved_shapes = {n: tuple(t.shape) for n, t in state["trainable"].items()}
+        if trainable != saved_shapes:
             raise ValueError(
-                f"{self.resume_from} was trained with other trainable parameters (another mode); "
-                "resume with the mode it was trained with"
+                f"{self.resume_from} was trained with other trainable parameters (another mode, or other "
+                "train.lora targets or rank); resume with the settings it was trained with"
             )
         info = json.loads((self.resume_from / TRAINING_INFO).read_text())
         free = {"steps", "max_minutes", "log_every", "eval_every", "save_every", "keep_checkpoints", "device",
@@ -538,6 +569,10 @@ class Trainer:
         if ctx.main:
             weights = {k.removeprefix("model."): v for k, v in full.items()}
             weights.update(ema or {})
+            if self.cfg.mode == "lora":  # the official layout, adapters folded in (a copy: training goes on)
+                from xr0.lora import merge_adapters
+
+                weights = merge_adapters(weights, self.cfg.lora)
             dtype = self.save_dtype
             weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
             with torch.device("meta"):

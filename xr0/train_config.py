@@ -81,6 +81,41 @@ class DataConfig:
             raise ValueError(f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
 
 
+# Projections LoRA can adapt: the VLM text model's attention and MLP, and the vision tower's attention,
+# MLP and patch mergers (xr0/lora.py matches each name in its own tower only, never in the DiT).
+LORA_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_VISION_TARGETS = ("qkv", "proj", "linear_fc1", "linear_fc2")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    # Rank r of each adapter (ΔW = (alpha/r)·B·A with A r×in, B out×r): more is closer to full fine-tuning
+    # and costs more adapter memory; 8–64 is the usual range.
+    rank: int = 16
+    # Scale alpha of the update (applied as alpha/rank); keep alpha = 2·rank when you change the rank.
+    alpha: float = 32.0
+    # Dropout on each adapter's input during training (0 = off).
+    dropout: float = 0.0
+    # Projections that get adapters: the text model's q/k/v/o and gate/up/down, and by default the vision
+    # tower's qkv/proj/linear_fc1/linear_fc2 too (the official recipe adapts vision; drop them to skip the
+    # vision backward). Projections no output depends on (the last text layer's q/o/MLP) never get one.
+    targets: tuple[str, ...] = LORA_TEXT_TARGETS + LORA_VISION_TARGETS
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        if not self.alpha > 0:
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        known = LORA_TEXT_TARGETS + LORA_VISION_TARGETS
+        for name in self.targets:
+            if name not in known:
+                raise ValueError(f"lora.targets: unknown projection {name!r}; known: {', '.join(known)}")
+        if not self.targets:
+            raise ValueError(f"lora.targets must name at least one projection of {', '.join(known)}")
+
+
 NEW_MODEL_INITS = ("tiny", "full-random")  # inits that start from random weights
 
 
@@ -90,7 +125,8 @@ class TrainConfig:
     # because you named it). Released checkpoints switch to the post-training mask (`dit_mask`).
     init: str = "tiny"
     # frozen-vlm: train the action head only (cheap; for a pre-trained VLM); full: everything but the input
-    # embeddings, gradient checkpointing on the vision tower; lora: not available in this version.
+    # embeddings, gradient checkpointing on the vision tower; lora: low-rank adapters on the VLM's
+    # projections (`lora`) plus the whole action head, checkpoints merged into the plain layout.
     # auto: full for a new random model (a frozen *random* vision model cannot learn to see), frozen-vlm
     # from a checkpoint or a Hub id.
     mode: Literal["auto", "frozen-vlm", "full", "lora"] = "auto"
@@ -102,6 +138,10 @@ class TrainConfig:
     prefix_mask_prob: float = 0.5
     # Clamp of the online L1 loss weights (official [0.5, 5]).
     reweight_clamp: tuple[float, float] = (0.5, 5.0)
+    # Online L1 reweighting: true = each of the training_repeat copies gets its own no-grad generation
+    # from its own training noise (official); false = one generation per sample, its weights shared by the
+    # copies (training_repeat× cheaper generation on prefix steps).
+    reweight_per_copy: bool = True
     # DiT self-attention: band (the Λ mask of post-training) | causal (the released checkpoints' path).
     dit_mask: Literal["band", "causal"] = "band"
     # DiT passes per VLM pass, each with its own noise and time (official 4).
@@ -130,8 +170,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     # EMA of the trainable weights, saved as the checkpoint's weights (0 = off; e.g. 0.999).
     ema_decay: float = 0.0
-    # auto: bf16 autocast on a GPU, fp32 on the CPU; bf16 | fp32 force it.
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # auto: bf16 autocast over fp32 weights on a GPU, fp32 on the CPU; bf16 | fp32 force it.
+    # bf16-weights: the official run's numerics (DeepSpeed bf16, ZeRO-2): the weights themselves in bf16,
+    # forward and backward in bf16 without autocast, AdamW on fp32 master copies with fp32 moments
+    # (`xr0.optim`); about half the weight and gradient memory. Not with strategy fsdp.
+    precision: Literal["auto", "bf16", "fp32", "bf16-weights"] = "auto"
     # full mode: recompute the vision tower's activations in backward (saves memory).
     gradient_checkpointing: bool = True
     # With several processes: ddp (replicas) | fsdp (sharded; for `full` on the 4.7 B model) | auto (= ddp).
@@ -164,6 +207,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     # Training image augmentation.
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # mode lora: rank, scale, dropout and target projections of the adapters.
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         if not self.relative_actions and self.init not in NEW_MODEL_INITS:
@@ -173,6 +218,7 @@ class TrainConfig:
             )
         if self.mode == "auto":  # resolved once, here: everything downstream sees frozen-vlm or full
             object.__setattr__(self, "mode", "full" if self.init in NEW_MODEL_INITS else "frozen-vlm")
+            object.__setattr__(self, "_mode_was_auto", True)  # a new `init` (replace) must resolve it again
         positive = ("steps", "batch_size", "training_repeat", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -201,9 +247,10 @@ class TrainConfig:
             raise ValueError(
                 "train.async_train needs dit_mask: band (the prefix is trained under the Λ mask)"
             )
+        if self.precision == "bf16-weights" and self.strategy == "fsdp":
+            raise ValueError(
+                "train.precision bf16-weights is not available with strategy fsdp; use precision bf16 "
+                "(FSDP then computes in bf16 over sharded fp32 weights)"
+            )
         if self.async_train and self.max_prefix < 1:
             raise ValueError("train.async_train needs max_prefix >= 1")
-        if self.mode == "lora":
-            raise ValueError(
-                "train.mode lora is not available in this version (it would need peft); use frozen-vlm or full"
-            )

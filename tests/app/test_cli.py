@@ -64,6 +64,7 @@ def test_every_benchmark_of_the_design_is_there():
         "inference",
         "async",
         "server",
+        "serve",
         "soak",
         "codecs",
     }
@@ -182,3 +183,24 @@ def test_help_shows_defaults_and_record_lists_its_keys(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     assert "(default: None)" not in capsys.readouterr().out  # no default is better than a wrong-looking one
+
+
+@pytest.mark.parametrize(
+    "argv, mode",
+    [
+        ([], "full"),  # config.yaml: auto, init tiny → a new model trains everything
+        (["--init", "runs/x/last"], "frozen-vlm"),  # auto decided again for the checkpoint given here
+        (["--init", "runs/x/last", "--mode", "full"], "full"),
+        (["--variant", "tiny"], "full"),
+    ],
+)
+def test_train_mode_auto_follows_the_init_given_on_the_command_line(small_config, argv, mode):
+    import argparse
+
+    from app.cli.commands.train import add_arguments, train_config
+    from app.compose.config import load_config
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--dataset", "d.zarr", *argv])
+    assert train_config(args, load_config(small_config)).mode == mode

@@ -21,9 +21,8 @@ from tests.xr0.test_data import CAMS, make_store
 from xr0.checkpoint import load_checkpoint, save_checkpoint
 from xr0.config import variant
 from xr0.distributed import check_batch
-from xr0.flow import flow_matching_loss, sample_actions
 from xr0.model import create_model
-from xr0.objective import FlowObjective, StepDraws, draw_prefix_length, draw_step, l1_weights, step_generator
+from xr0.objective import draw_prefix_length, draw_step, step_generator
 from xr0.policy import XR0Policy, XR0PolicyConfig
 from xr0.train import Trainer, lr_at, param_groups
 from xr0.train_config import DataConfig, TrainConfig
@@ -101,54 +100,7 @@ def test_prefix_lengths_follow_the_async_distribution():
     assert d.prefix_length == draw_prefix_length(step_generator(1, 5), 6, 30)
 
 
-def test_l1_weights_are_normalised_by_their_mean_and_clamped():
-    errors = torch.tensor([7.0, 1.0, 1.0, 1.0, 1.0, 20.0, 200.0])  # per row; row 0 is not selected
-    generated = errors[None, :, None].expand(2, 7, 3).clone()
-    selected = torch.ones(2, 7, 3, dtype=torch.bool)
-    selected[:, 0] = False  # e.g. the prefix row
-    w = l1_weights(generated, torch.zeros_like(generated), selected, (0.5, 5.0))
-    mean = (4 + 20 + 200) / 6
-    assert torch.all(w[:, 0] == 1)  # outside the selection
-    assert torch.all(w[:, 1:5] == 0.5) and torch.all(w[:, 6] == 5.0)  # clamped
-    assert torch.allclose(w[:, 5], torch.tensor(20 / mean))
-
-
-def test_the_objective_applies_the_online_l1_weights(model, processor):
-    from tests.xr0.conftest import make_images
-
-    T = processor.chunk_length("aloha")
-    inputs = processor.collate(
-        [
-            processor.encode("transfer the cube", [("Ego View", img)])
-            for img in make_images(3, ((32, 32),) * 2)
-        ]
-    )
-    mask = processor.get_action_mask("aloha", 2)
-    g = torch.Generator().manual_seed(0)
-    actions = torch.randn(2, T, 32, generator=g) * mask
-    state, valid = torch.randn(2, 1, 32, generator=g), torch.ones(2, T)
-    draws = draw_step(0, 0, 2, 2, T, 32, mask[0], 6, 0.5)
-    draws = StepDraws(3, torch.tensor([True, False, False]), draws.time, draws.noise, draws.gen_noise)
-    with torch.no_grad():
-        on, stats = FlowObjective(model, freeze_vlm=True, training_repeat=2, reweight=True)(
-            inputs, state, actions, valid, mask, draws
-        )
-        off, _ = FlowObjective(model, freeze_vlm=True, training_repeat=2, reweight=False)(
-            inputs, state, actions, valid, mask, draws
-        )
-        # by hand: generate with the clean prefix, weigh, repeat, flow-matching loss
-        ctx = model.encode(inputs)
-        gen = sample_actions(model, ctx, state, mask, actions[:, :3], noise=draws.gen_noise)
-        rows = (torch.arange(T) >= 3)[None, :, None]
-        w = l1_weights(gen, actions, (mask > 0) & rows, (0.5, 5.0))
-        r = 2
-        expect = flow_matching_loss(
-            model, ctx.repeat_interleave(r), actions.repeat_interleave(r, 0), state.repeat_interleave(r, 0),
-            mask.repeat_interleave(r, 0), 3, time=draws.time, noise=draws.noise,
-            weight=w.repeat_interleave(r, 0), blocked_prefix=draws.blocked,
-        )  # fmt: skip
-    assert torch.allclose(on, expect, rtol=1e-5) and not torch.allclose(on, off, rtol=1e-3)
-    assert 0.5 <= float(stats["weight_min"]) < float(stats["weight_max"]) <= 5.0
+# The L1 weights and the objective's loss are tested against the official definitions in test_objective.py.
 
 
 def test_async_training_draws_prefixes_and_saves_a_prefix_checkpoint(store, tmp_path):
@@ -285,8 +237,6 @@ def test_bad_input_is_one_sentence_each(store, tmp_path, capsys):
     (tmp_path / "notxr0" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     rc, err = run_cli([*base, "--init", str(tmp_path / "notxr0")], capsys)
     assert rc == 1 and "is not an XR0 (mibot) config" in err
-    rc, err = run_cli([*base, "--mode", "lora"], capsys)
-    assert rc == 1 and "lora is not available" in err
     assert not (tmp_path / "x" / "last").exists()
     with pytest.raises(ValueError, match="batch_size 6 does not divide evenly over 4 processes"):
         check_batch(6, 4)

@@ -59,7 +59,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--mode",
         choices=("auto", "frozen-vlm", "full", "lora"),
         default=None,
-        help="what is trained (auto: full for a new random model, frozen-vlm from a checkpoint)",
+        help="what is trained (auto: full for a new random model, frozen-vlm from a checkpoint; lora: "
+        "adapters on the VLM plus the action head)",
+    )
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=None,
+        metavar="R",
+        help="mode lora: adapter rank (alpha follows as 2·R unless --lora-alpha is given)",
+    )
+    p.add_argument("--lora-alpha", type=float, default=None, help="mode lora: adapter scale alpha")
+    p.add_argument(
+        "--lora-targets",
+        nargs="+",
+        default=None,
+        metavar="PROJ",
+        help="mode lora: projections to adapt (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj; "
+        "vision: qkv proj linear_fc1 linear_fc2)",
     )
     p.add_argument(
         "--privileged",
@@ -122,7 +139,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=None, help="loader processes per rank")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--strategy", choices=("auto", "ddp", "fsdp"), default=None, help="multi-process strategy")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None, help="autocast precision")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32", "bf16-weights"),
+        default=None,
+        help="bf16/fp32 autocast, or bf16-weights (bf16 weights, fp32 AdamW masters: the official run's numerics)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of init, data order and flow draws")
     p.add_argument("--log-every", type=int, default=None, help="metrics every N steps")
     p.add_argument("--eval-every", type=int, default=None, help="open-loop evaluation every N steps")
@@ -138,9 +160,12 @@ def train_config(args: argparse.Namespace, config: AppConfig) -> TrainConfig:
     if args.variant and args.init:
         raise UserError("give --init or --variant, not both")
     init = {"tiny": "tiny", "full": "full-random"}.get(args.variant) if args.variant else args.init
+    mode = args.mode
+    if mode is None and init is not None and getattr(cfg, "_mode_was_auto", False):
+        mode = "auto"  # config.yaml said auto: decide again for the init given here
     top = {
         "init": init,
-        "mode": args.mode,
+        "mode": mode,
         "async_train": args.async_train,
         "steps": args.steps,
         "max_minutes": args.max_minutes,
@@ -183,10 +208,15 @@ def train_config(args: argparse.Namespace, config: AppConfig) -> TrainConfig:
         "state_dropout": args.state_dropout,
         "crop_scale": args.crop_scale,
     }
+    alpha = args.lora_alpha
+    if alpha is None and args.lora_rank:
+        alpha = 2.0 * args.lora_rank  # alpha follows the rank (alpha/rank stays 2)
+    lora = {"rank": args.lora_rank, "alpha": alpha, "targets": tuple(args.lora_targets or ()) or None}
     try:
         data_cfg = replace(cfg.data, **{k: v for k, v in data.items() if v is not None})
         aug_cfg = replace(cfg.augment, **{k: v for k, v in augment.items() if v is not None})
         top["augment"] = aug_cfg
+        top["lora"] = replace(cfg.lora, **{k: v for k, v in lora.items() if v is not None})
         out = replace(cfg, data=data_cfg, **{k: v for k, v in top.items() if v is not None})
     except ValueError as e:
         raise UserError(str(e).removeprefix("train.")) from e
