@@ -190,6 +190,12 @@ class XR0Policy:
                 "it was not trained for this 14-wide bimanual layout"
             )
         T = self.action_mask.shape[1]
+        if T < 2:
+            raise ValueError(
+                f"the checkpoint's statistics for {rt!r} give chunks of {T} action (per-dimension (A,) "
+                "statistics, as the official processor reads them); the runner needs 2 or more: give "
+                "per-timestep (T, A) statistics"
+            )
         self.relative = np.asarray(config.relative, dtype=bool)
         self.gripper_range = (0.0, 1.0)
         max_prefix = min(model.config.max_prefix, T - 1)

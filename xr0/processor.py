@@ -4,7 +4,8 @@ It reproduces the official `MiBotProcessor` contract (spec §3): the Qwen3-VL ch
 views, each `<|image_pad|>` expanded to one token per merged 32×32 patch, images resized to multiples of 32
 within the checkpoint's pixel budget (`preprocessor_config.json` `size`: shortest_edge = min pixels,
 longest_edge = max pixels), and `action_config = {robot_type: {mean, std}}` stored in the same file, from
-which `get_action_mask` (and with it the chunk length) and `decode_action` follow.
+which `get_action_mask` (and with it the chunk length: the statistics' T rows, or 1 for per-dimension
+(A,) statistics, as the official processor broadcasts them) and `decode_action` follow.
 
 State normalisation is an extension for models trained from scratch: the official checkpoints read the
 state raw (spec §3.4), and so does any checkpoint whose `action_config[robot_type]` has no `state_mean` /
@@ -23,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from xr0.images import image_patches
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,9 @@ class XR0Processor:
         self, tokenizer, image_processor, action_config: dict[str, dict[str, Any]], action_length: int = 30
     ):
         """`tokenizer`: a `tokenizers.Tokenizer` with Qwen's special tokens; `image_processor`: transformers'
-        Qwen2-VL image processor; `action_config`: robot type → {"mean", "std"} of shape (T, 32) or (32,);
-        `action_length`: T for statistics that are not per timestep."""
+        Qwen2-VL image processor; `action_config`: robot type → {"mean", "std"} of shape (T, 32), or (32,)
+        (official broadcasting: chunks of T = 1); `action_length`: the configured chunk length, saved in
+        processor_config.json (the chunk length itself comes from the statistics)."""
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.action_length = action_length
@@ -99,11 +103,19 @@ class XR0Processor:
             raise ValueError(
                 f"action_config[{robot_type!r}]: mean {tuple(mean.shape)} and std {tuple(std.shape)} must both be (T, A) or (A,)"
             )
-        if mean.ndim == 1:  # one row for every timestep
-            mean, std = mean.expand(self.action_length, -1), std.expand(self.action_length, -1)
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()) or (std < 0).any():
             raise ValueError(f"action_config[{robot_type!r}] has non-finite values or a negative std")
-        return mean[None].contiguous(), std[None].contiguous()  # (1, T, A)
+        if mean.ndim == 1:
+            # As the official processor broadcasts them: (A,) → (1, A) → tensors (1, 1, A), so the action
+            # mask, and with it the chunk, has T = 1. It still decodes a chunk of any length row by row.
+            log.warning(
+                "action_config[%r] holds per-dimension statistics (A,): as in the official processor they "
+                "give chunks of 1 action, which the runner cannot schedule (it needs 2 or more); give "
+                "per-timestep statistics (T, A) for chunks of T",
+                robot_type,
+            )
+            mean, std = mean[None], std[None]
+        return mean[None].contiguous(), std[None].contiguous()  # (1, T, A), T = 1 for per-dim stats
 
     def _read_state_stats(self, robot_type: str, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         where = f"action_config[{robot_type!r}]"
@@ -194,8 +206,7 @@ class XR0Processor:
                 )
                 raise ValueError(f"view {label!r}: expected an H×W×3 uint8 RGB image, got {desc}")
         labels = [label for label, _ in views]
-        features = self.image_processor(images=[image for _, image in views], return_tensors="pt")
-        grid = features["image_grid_thw"]
+        pixel_values, grid = image_patches(self.image_processor, [image for _, image in views])
         counts = (grid.prod(-1) // self.image_processor.merge_size**2).tolist()
         pieces = build_prompt(instruction, labels).split(IMAGE_PAD)
         text = pieces[0] + "".join(IMAGE_PAD * n + piece for n, piece in zip(counts, pieces[1:], strict=True))
@@ -209,7 +220,7 @@ class XR0Processor:
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
             "mm_token_type_ids": image_tokens.int(),
-            "pixel_values": features["pixel_values"],
+            "pixel_values": pixel_values,
             "image_grid_thw": grid,
         }
 

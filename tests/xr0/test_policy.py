@@ -187,3 +187,14 @@ def test_action_conversions_are_inverse():
     assert robot_to_model_actions(wide, state, rel)[0, 0, 6] == 1.0
     back = model_to_robot_actions(to_xr0(wide) + 0 * state[:, None, :1], state * 0, rel * False)
     assert back[0, 0, 6] == 1.0 and back[0, 1, 13] == 0.0
+
+
+def test_per_dimension_statistics_give_chunks_of_one_which_the_policy_refuses(model):
+    from tests.xr0.conftest import aloha_stats
+
+    stats = aloha_stats()
+    one_row = {k: v[0] for k, v in stats.items()}  # (32,): the official processor makes chunks of T = 1
+    processor = XR0Processor.build({"aloha": one_row})
+    assert processor.get_action_mask("aloha").shape == (1, 1, 32)
+    with pytest.raises(ValueError, match="per-timestep"):
+        XR0Policy(model, processor, XR0PolicyConfig())

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.xr0.conftest import T, aloha_stats
+from xr0.images import image_patches
 from xr0.processor import XR0Processor, build_prompt, normalize_instruction
 
 SPEC_PROMPT = (  # spec §3.2, the two-view LIBERO/CALVIN prompt, verbatim
@@ -43,6 +44,20 @@ def test_images_go_to_multiples_of_32_within_the_pixel_budget(processor, hw, res
     assert enc["pixel_values"].shape == (h * w // 256, 3 * 2 * 16 * 16)
     assert int((enc["input_ids"] == processor.image_token_id).sum()) == h * w // 1024
     assert h * w <= 90000 and h % 32 == 0 and w % 32 == 0
+
+
+@pytest.mark.parametrize("hw", [(256, 320), (240, 320), (480, 640), (64, 96), (37, 53), (20, 20)])
+def test_our_patches_equal_the_image_processors(processor, hw):
+    """xr0.images against transformers' own processor: same resize, and per byte the same float32 ops
+    (rescale in float64, normalise in float32), then copies — so equal bit for bit on any CPU."""
+    rng = np.random.default_rng(hw[0])
+    images = [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for _ in range(3)]
+    images[1][:, :, 0] = 0  # flat and saturated channels too
+    images[2][:, :, 2] = 255
+    want = processor.image_processor(images=images, return_tensors="pt")
+    pixel_values, grid = image_patches(processor.image_processor, images)
+    assert torch.equal(grid, want["image_grid_thw"])
+    assert pixel_values.dtype == torch.float32 and torch.equal(pixel_values, want["pixel_values"])
 
 
 def test_encode_expands_each_view_and_marks_image_tokens(processor):
@@ -88,9 +103,9 @@ def test_action_statistics(processor):
         processor.get_action_mask("bridge")
 
 
-def test_per_dim_stats_use_the_default_chunk_length():
+def test_per_dim_stats_broadcast_as_the_official_processor():  # more in test_objective.py
     p = XR0Processor.build({"r": {"mean": [0.0] * 32, "std": [1.0] * 7 + [0.0] * 25}}, action_length=12)
-    assert p.get_action_mask("r").shape == (1, 12, 32) and p.get_action_mask("r")[0, :, :7].all()
+    assert p.get_action_mask("r").shape == (1, 1, 32) and p.get_action_mask("r")[0, :, :7].all()
     with pytest.raises(ValueError, match=r"action_config\['bad'\]"):
         XR0Processor.build({"bad": {"mean": [0.0] * 32, "std": [1.0] * 31}})
 
