@@ -38,6 +38,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=256, help="image height in pixels")
     p.add_argument("--prefix", type=int, default=4, help="prefix rows each request carries")
     p.add_argument("--max-batch", type=int, default=8, help="the server's max_batch in the batched phase")
+    p.add_argument(
+        "--window-ms", type=float, default=None, help="the server's batch_window_ms (default: config.yaml's)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads of the server (default: cores)")
 
 
@@ -133,11 +136,15 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
         "height": args.height,
         "prefix": args.prefix,
         "torch_threads": torch.get_num_threads(),
+        "batch_window_ms": config.policy.server.batch_window_ms if args.window_ms is None else args.window_ms,
     }
     phases = (("one_client", 1, args.max_batch), ("batched", args.clients, args.max_batch))
     phases += (("one_by_one", args.clients, 1),)
     for name, n, max_batch in phases:
-        server = PolicyServer(policy, "127.0.0.1", 0, max_connections=n + 2, max_batch=max_batch)
+        window = config.policy.server.batch_window_ms if args.window_ms is None else args.window_ms
+        server = PolicyServer(
+            policy, "127.0.0.1", 0, max_connections=n + 2, max_batch=max_batch, batch_window_ms=window
+        )
         server.start()
         try:
             for payload in payloads[:n]:  # warm-up: every request once, untimed

@@ -134,7 +134,7 @@ class PolicyServer:
         # at most one in flight, so clients take turns); decoding runs on its own threads, so one client's
         # large images never hold the model up for the others.
         self.batches = 0  # model passes; served / batches is the mean batch size
-        self._batcher = _Batcher(self._infer_many, max_batch, batch_window_ms / 1e3)
+        self._batcher = _Batcher(self._infer_many, max_batch, batch_window_ms / 1e3, lambda: self.active)
         self._decoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="policy-decode")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -375,10 +375,18 @@ class PolicyServer:
 
 class _Batcher:
     """One inference thread: when free, it takes the requests waiting (up to `max_batch`, waiting up to
-    `window_s` for more after the first) and answers them with one call of `answer`."""
+    `window_s` for more after the first, but never for more than `clients()` — each client has at most one
+    request in flight, so once every connected client is in the batch nobody else can join) and answers
+    them with one call of `answer`."""
 
-    def __init__(self, answer: Callable[[list], list[bytes]], max_batch: int, window_s: float) -> None:
-        self._answer, self._max, self._window = answer, max_batch, window_s
+    def __init__(
+        self,
+        answer: Callable[[list], list[bytes]],
+        max_batch: int,
+        window_s: float,
+        clients: Callable[[], int] = lambda: 1 << 30,
+    ) -> None:
+        self._answer, self._max, self._window, self._clients = answer, max_batch, window_s, clients
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="policy", daemon=True)
         self._thread.start()
@@ -397,6 +405,8 @@ class _Batcher:
             deadline = time.perf_counter() + self._window
             while len(batch) < self._max:
                 remaining = deadline - time.perf_counter()
+                if remaining > 0 and len(batch) >= self._clients():
+                    remaining = 0.0  # every connected client is in: take only what is queued already
                 try:
                     item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:

@@ -417,3 +417,17 @@ def test_waiting_requests_are_answered_together_each_client_its_own_chunk():
     for (k, i), (actions, _) in results.items():
         assert np.array_equal(actions, np.full((30, 14), 10.0 * k + i))  # its own prefix, held
     assert srv.served == 15 and srv.batches < 16
+
+
+def test_the_batch_window_never_delays_a_client_that_is_alone():
+    srv = PolicyServer(BatchHold(), "127.0.0.1", 0, max_request_bytes=LIMIT, batch_window_ms=1000)
+    srv.start()
+    client = RemotePolicy(srv.url, timeout_s=10.0)
+    try:
+        client.infer(observation(), np.zeros((0, 14)))  # connect and warm up
+        t0 = time.perf_counter()
+        client.infer(observation(), np.zeros((0, 14)))
+        assert time.perf_counter() - t0 < 0.8  # 0.15 s of model time; the 1-s window would show
+    finally:
+        client.close()
+        srv.stop()
