@@ -86,10 +86,16 @@ class _Weights:
 class ChunkSampler:
     """Fused inference sampling for one `XR0Model` (see the module docstring)."""
 
-    def __init__(self, model: XR0Model) -> None:
+    def __init__(self, model: XR0Model, compile: bool = False) -> None:
+        """`compile`: run the Euler steps through `torch.compile` (inductor). The first chunk of each new
+        shape (batch, prompt length, horizon) compiles — a minute or two on a CPU, cached on disk for later
+        processes — then the steps run about twice as fast on a CPU (elementwise work fused into few
+        kernels). Prefix lengths are data, not shapes: they never recompile."""
         self.model = model
         self._weights = _Weights(model)
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
+        self._steps = torch.compile(self._integrate, dynamic=False) if compile else self._integrate
+        self.compiled = compile
 
     def _self_mask(self, T: int, P: int, device) -> torch.Tensor:
         cfg = self.model.config
@@ -123,7 +129,7 @@ class ChunkSampler:
         if len(P) != B or any(not 0 <= p < T for p in P):
             raise ValueError(f"prefix_lengths {P}: one per request, each in [0, {T})")
         d = cfg.dit_config
-        D, H, hd, eps = d.hidden_size, d.num_heads, d.head_dim, d.rms_norm_eps
+        D, H, hd = d.hidden_size, d.num_heads, d.head_dim
         steps = num_steps or cfg.num_steps
         dt = 1.0 / steps
         q = 2 + T
@@ -172,16 +178,42 @@ class ChunkSampler:
             ..., None
         ]  # (B, T, 1)
 
-        # -- per step -------------------------------------------------------------------------------------
-        for s in range(steps):
+        return self._steps(
+            x, tokens, action_mask, mods, cos, sin, rot, mask, keys, values, step_weight, w.gate_up, w.qk_norm
+        )
+
+    def _integrate(
+        self,
+        x: torch.Tensor,
+        tokens: torch.Tensor,
+        action_mask: torch.Tensor,
+        mods: list[list[torch.Tensor]],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        rot: torch.Tensor,
+        mask: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        step_weight: torch.Tensor,
+        gate_up: list[torch.Tensor],
+        qk_norm: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """The Euler steps (everything per chunk is prepared by `sample`): only shapes, never prefix
+        lengths, enter as Python values, so a compiled version is reused across chunks."""
+        model = self.model
+        d = model.config.dit_config
+        D, H, hd, eps = d.hidden_size, d.num_heads, d.head_dim, d.rms_norm_eps
+        B, q = tokens.shape[:2]
+        L = keys[0].shape[2] - q
+        for s in range(mods[0][0].shape[0]):
             tokens[:, 2:] = model.action_projector(x * action_mask)
             h = tokens
-            for i, layer in enumerate(layers):
+            for i, layer in enumerate(model.dit.layers):
                 shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (m[s] for m in mods[i])
                 a = layer.attn
                 y = torch.addcmul(shift_a, _rms(h, layer.input_layernorm.weight, eps), scale_a)
                 qkv = a.qkv_proj(y).view(B, q, 3, H, hd)
-                qk = _rms(qkv[:, :, :2], None, eps) * w.qk_norm[i]  # q_norm and k_norm in one pass
+                qk = _rms(qkv[:, :, :2], None, eps) * qk_norm[i]  # q_norm and k_norm in one pass
                 qk = torch.addcmul(qk * cos, qk @ rot, sin)  # RoPE on q and k together
                 keys[i][:, :, L:] = qk[:, :, 1].transpose(1, 2)
                 values[i][:, :, L:] = qkv[:, :, 2].transpose(1, 2)
@@ -191,7 +223,7 @@ class ChunkSampler:
                 out = a.o_proj(out.transpose(1, 2).reshape(B, q, D))
                 h = _rms(torch.addcmul(h, gate_a, out), layer.middle_layernorm.weight, eps)
                 y = torch.addcmul(shift_m, _rms(h, layer.post_layernorm.weight, eps), scale_m)
-                gate, up = F.linear(y, w.gate_up[i]).chunk(2, dim=-1)
+                gate, up = F.linear(y, gate_up[i]).chunk(2, dim=-1)
                 y = layer.mlp.down_proj(F.silu(gate) * up)
                 h = _rms(torch.addcmul(h, gate_m, y), layer.final_layernorm.weight, eps)
             v = model.action_output_layer(h[:, 2:])

@@ -45,6 +45,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=30, help="timed chunks")
     p.add_argument("--warmup", type=int, default=3, help="untimed chunks first")
     p.add_argument(
+        "--compile", action="store_true", help="the DiT steps through torch.compile (policy.compile)"
+    )
+    p.add_argument(
         "--no-compare",
         dest="compare",
         action="store_false",
@@ -109,8 +112,16 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     if args.prefix > policy.spec.max_prefix:
         raise UserError(f"--prefix {args.prefix}: this model takes at most {policy.spec.max_prefix}")
     cameras = CAMERAS[: args.views]
-    policy_config = replace(policy.config, cameras=tuple(cameras), num_steps=args.steps)
+    policy_config = replace(policy.config, cameras=tuple(cameras), num_steps=args.steps, compile=args.compile)
     policy = type(policy)(policy.model, policy.processor, policy_config)
+    if args.compile:  # the first chunk compiles: timed here, outside the warm-up and the timed chunks
+        t0 = time.perf_counter()
+        rng0 = np.random.default_rng(1)
+        images0 = {c: rng0.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8) for c in cameras}
+        policy.infer(
+            PolicyObservation(images0, np.zeros(14), "transfer the cube", 0), np.zeros((args.prefix, 14))
+        )
+        compile_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     timings: dict[str, list[float]] = {"preprocess": [], "vlm": [], "dit": [], "total": []}
     if device.startswith("cuda"):
@@ -141,6 +152,8 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
         "iters": args.iters,
         **{f"{k}_ms": percentiles(v, digits=2) for k, v in timings.items()},
         "build_s": round(build_s, 1),
+        "compiled": args.compile,
+        **({"first_chunk_with_compile_s": round(compile_s, 1)} if args.compile else {}),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "machine": machine(),

@@ -54,7 +54,10 @@ def load_checkpoint(path: Path, config: AppConfig) -> Policy:
             legacy = XR0PolicyConfig(
                 cameras=tuple(config.policy.cameras or config.cameras), fps=config.control.fps
             )
-        return XR0Policy.from_checkpoint(path, legacy, device=device, local_files_only=True)
+        policy = XR0Policy.from_checkpoint(path, legacy, device=device, local_files_only=True)
+        if config.policy.compile:
+            policy.compile_sampler()
+        return policy
     except ValueError as e:  # CheckpointError, ContractError and bad policy settings: one sentence each
         raise UserError(f"--policy {path}: {e}") from e
 

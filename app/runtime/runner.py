@@ -45,6 +45,9 @@ class PolicyConfig:
     # What runs: `scripted` (the simulator's demonstrator as a chunk policy), `hold` (keeps the arms
     # still; for checking a set-up), ws://HOST:PORT of an `xr0 serve`, or a checkpoint directory.
     source: str = "scripted"
+    # An XR0 checkpoint's DiT steps through torch.compile: the first chunk compiles (a minute or two on a
+    # CPU; cached on disk for the next run), then the DiT runs about twice as fast on a CPU.
+    compile: bool = False
     # sync: stop, infer, execute; async: action prefixing (DESIGN.md §6); async-naive: no prefix.
     mode: Literal["sync", "async", "async-naive"] = "async"
     # Cap on the action prefix P; the policy's own trained maximum (its spec) bounds it too (XR0: 6).

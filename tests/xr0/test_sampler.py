@@ -109,6 +109,25 @@ def test_joined_weights_follow_a_parameter_that_changes(model, context):
     torch.testing.assert_close(after, reference(m, context, noise, state, None, mask), atol=1e-5, rtol=1e-5)
 
 
+def test_the_compiled_steps_equal_the_eager_ones_and_prefix_lengths_never_recompile(model, context):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled, eager = ChunkSampler(model, compile=True), ChunkSampler(model)
+    mask = active_mask()
+    for P in (0, 3, 5):  # one shape, three prefix lengths: one compilation
+        noise, state, prefix = draws(40 + P, P=P)
+        start = place_prefix(noise, prefix)
+        got = compiled.sample(context, start, state, mask, P, num_steps=1)
+        torch.testing.assert_close(
+            got, eager.sample(context, start, state, mask, P, num_steps=1), atol=1e-5, rtol=1e-5
+        )
+        if P:
+            assert torch.equal(got[:, :P], prefix)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert frames == 1, f"{frames} graphs compiled for one shape"
+
+
 def test_bad_prefix_lengths_are_one_sentence(model, context):
     noise, state, _ = draws(0)
     with pytest.raises(ValueError, match="prefix_lengths"):
