@@ -103,16 +103,29 @@ def apply_augment(image: np.ndarray, draw: AugmentDraw, config: AugmentConfig) -
         image = _crop_resize(image, config.crop_scale, draw.crop)
     if draw.brightness is None and draw.contrast is None and draw.saturation is None:
         return image
-    x = image.astype(np.float32) / 255.0
-    if draw.brightness is not None:
-        x = np.clip(x + draw.brightness, 0, 1)
-    if draw.contrast is not None:
-        mean = float((x @ _LUMA).mean())
-        x = np.clip(mean + draw.contrast * (x - mean), 0, 1)
-    if draw.saturation is not None:
+    # The same float32 operations in the same order as the plain formulas in the comments, done in place:
+    # the results are identical, without a temporary per step (numpy's out-of-place clip alone cost ~2 ms
+    # per 320×256 view).
+    x = image.astype(np.float32)
+    x /= 255.0
+    if draw.brightness is not None:  # clip(x + b, 0, 1)
+        x += np.float32(draw.brightness)
+        np.clip(x, 0, 1, out=x)
+    if draw.contrast is not None:  # clip(mean + c·(x − mean), 0, 1), mean of the luma
+        mean = np.float32((x @ _LUMA).mean())
+        x -= mean
+        x *= np.float32(draw.contrast)
+        x += mean
+        np.clip(x, 0, 1, out=x)
+    if draw.saturation is not None:  # clip(grey + s·(x − grey), 0, 1), grey the per-pixel luma
         grey = (x @ _LUMA)[..., None]
-        x = np.clip(grey + draw.saturation * (x - grey), 0, 1)
-    return (x * 255 + 0.5).astype(np.uint8)
+        x -= grey
+        x *= np.float32(draw.saturation)
+        x += grey
+        np.clip(x, 0, 1, out=x)
+    x *= 255
+    x += 0.5
+    return x.astype(np.uint8)
 
 
 def augment_views(

@@ -217,6 +217,28 @@ def test_augmentation_is_one_seeded_draw_for_all_views():
     assert max(shifts) <= 33 and min(shifts) >= -33 and len(shifts) > 10  # ±32/255
 
 
+def test_colour_augmentation_is_exactly_the_plain_formulas():
+    """apply_augment works in place for speed; the values must be those of the formulas written plainly
+    (the same float32 operations in the same order, so equal on any CPU)."""
+    from xr0.augment import _LUMA, AugmentDraw, apply_augment
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    cfg = AugmentConfig(crop_scale=1.0)
+    for b, c, sat in [(0.1, 1.3, 0.7), (-0.12, None, 1.5), (None, 0.5, None), (0.05, 1.49, 0.51)]:
+        x = image.astype(np.float32) / 255.0
+        if b is not None:
+            x = np.clip(x + b, 0, 1)
+        if c is not None:
+            mean = float((x @ _LUMA).mean())
+            x = np.clip(mean + c * (x - mean), 0, 1)
+        if sat is not None:
+            grey = (x @ _LUMA)[..., None]
+            x = np.clip(grey + sat * (x - grey), 0, 1)
+        want = (x * 255 + 0.5).astype(np.uint8)
+        assert np.array_equal(apply_augment(image, AugmentDraw(None, b, c, sat), cfg), want)
+
+
 def test_augmented_samples_depend_only_on_their_sample_number(sources, proc):
     ds = samples(sources, proc, augment=AugmentConfig(prob=1.0))
     a, b, c = ds[(0, 5, 11)], ds[(0, 5, 11)], ds[(0, 5, 12)]
