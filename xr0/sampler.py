@@ -25,6 +25,7 @@ joined weights and the masks, so threads may share one.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 
 import torch
@@ -91,6 +92,11 @@ class ChunkSampler:
         shape (batch, prompt length, horizon) compiles — a minute or two on a CPU, cached on disk for later
         processes — then the steps run about twice as fast on a CPU (elementwise work fused into few
         kernels). Prefix lengths are data, not shapes: they never recompile."""
+        if compile and model.device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+            raise ValueError(
+                "policy.compile needs a C++ compiler for torch.compile on the CPU (g++: apt-get install g++), "
+                "or set policy.compile: false"
+            )
         self.model = model
         self._weights = _Weights(model)
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
