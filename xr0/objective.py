@@ -212,18 +212,16 @@ class FlowObjective(nn.Module):
                 return sample_actions(model, ctx, state, action_mask, noise=draws.gen_noise)
         R, P = self.training_repeat, draws.prefix_length
         reweight = bool(P) and self.reweight
+
+        def generate(ctx, state, action_mask, actions, noise):  # the reweighting's no-grad generation
+            with torch.no_grad():
+                return sample_actions(
+                    model, ctx, state, action_mask, actions[:, :P], noise=noise, blocked_prefix=draws.blocked
+                )
+
         generated = None
         if reweight and not self.reweight_per_copy:  # one generation per sample, shared by its R copies
-            with torch.no_grad():
-                generated = sample_actions(
-                    model,
-                    ctx,
-                    state,
-                    action_mask,
-                    actions[:, :P],
-                    noise=draws.gen_noise,
-                    blocked_prefix=draws.blocked,
-                ).repeat_interleave(R, 0)
+            generated = generate(ctx, state, action_mask, actions, draws.gen_noise).repeat_interleave(R, 0)
         if R > 1:
             ctx = ctx.repeat_interleave(R)
             state, actions = state.repeat_interleave(R, 0), actions.repeat_interleave(R, 0)
@@ -233,17 +231,9 @@ class FlowObjective(nn.Module):
         active = (action_mask > 0) & rows & (valid[:, :, None] > 0)  # (B·R, T, A): what the MSE averages
         weight, stats = None, {}
         if reweight:
+            if generated is None:  # official: each copy from its own training noise
+                generated = generate(ctx, state, action_mask, actions, draws.noise)
             with torch.no_grad():
-                if generated is None:  # official: each copy from its own training noise
-                    generated = sample_actions(
-                        model,
-                        ctx,
-                        state,
-                        action_mask,
-                        actions[:, :P],
-                        noise=draws.noise,
-                        blocked_prefix=draws.blocked,
-                    )
                 weight = l1_weights(generated, actions, active, self.reweight_clamp)
             sel_w = weight[active]
             lo, hi = self.reweight_clamp
