@@ -36,6 +36,7 @@ import torch
 from recording.reader import EpisodeStore, SampleIndex
 from recording.schema import StoreError
 from xr0.augment import AugmentConfig, augment_views, drops_state, noisy_state
+from xr0.keyframes import next_keyframes, robot_dims
 from xr0.policy import (
     PRIVILEGED_DIMS,
     STATE_DIM,
@@ -402,9 +403,14 @@ class TrainingSamples(torch.utils.data.Dataset):
         seed: int,
         split: str = "train",
         privileged: Sequence[str] = (),
+        keyframes: bool = False,
     ) -> None:
         self.sources = list(sources)
         self.privileged = tuple(privileged)
+        self.keyframes = (
+            keyframes  # add "keyframe": the normalised state at the next keyframe (xr0.keyframes)
+        )
+        self._episode_keyframes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.processor = processor
         self.cameras = tuple(cameras)
         self.relative = np.asarray(relative, dtype=bool)
@@ -415,7 +421,7 @@ class TrainingSamples(torch.utils.data.Dataset):
 
     def _store(self, k: int) -> EpisodeStore:
         if self._pid != os.getpid():  # a forked worker: zarr handles are not shared across processes
-            self._stores, self._pid = {}, os.getpid()
+            self._stores, self._episode_keyframes, self._pid = {}, {}, os.getpid()
         if k not in self._stores:
             self._stores[k] = open_store(self.sources[k].path, TRAINING_SEGMENT_CACHE_MB)
         return self._stores[k]
@@ -449,7 +455,16 @@ class TrainingSamples(torch.utils.data.Dataset):
             "robot_state": torch.as_tensor(state, dtype=torch.float64),  # (14,) for the open-loop error
             "robot_actions": torch.as_tensor(actions, dtype=torch.float64),  # (T, 14)
             "key": torch.tensor([k, i, g]),
-        }
+        } | ({"keyframe": self._keyframe(k, store, episode, t)} if self.keyframes else {})
+
+    def _keyframe(self, k: int, store: EpisodeStore, episode: int, t: int) -> torch.Tensor:
+        """(14,) the model's normalised state at step t's next keyframe (robot dims, no privileged inputs)."""
+        cached = self._episode_keyframes.get((k, episode))
+        if cached is None:
+            cached = next_keyframes(store.get(episode, ACTION_KEY)), store.get(episode, STATE_KEY)
+            self._episode_keyframes[(k, episode)] = cached
+        ticks, states = cached
+        return robot_dims(model_state(self.processor, self.robot_type, states[ticks[t]])[0])
 
 
 class Collate:
@@ -460,8 +475,9 @@ class Collate:
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch = {"inputs": self.processor.collate([s["inputs"] for s in samples])}
-        for name in ("state", "actions", "valid", "robot_state", "robot_actions", "key"):
-            batch[name] = torch.stack([s[name] for s in samples])
+        for name in ("state", "actions", "valid", "robot_state", "robot_actions", "key", "keyframe"):
+            if name in samples[0]:
+                batch[name] = torch.stack([s[name] for s in samples])
         return batch
 
 

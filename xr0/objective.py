@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from xr0.flow import draw_blocked_prefix, sample_actions, sample_flow_time
+from xr0.keyframes import KeyframeHead, keyframe_loss
 from xr0.model import XR0Model
 
 NO_PREFIX_PROB = 0.5  # official: half the batches train without a prefix
@@ -179,9 +180,13 @@ class FlowObjective(nn.Module):
         reweight: bool = True,
         reweight_clamp: tuple[float, float] = (0.5, 5.0),
         reweight_per_copy: bool = True,
+        keyframe_head: KeyframeHead | None = None,
+        keyframe_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
+        self.keyframe_head = keyframe_head  # the auxiliary keyframe loss (xr0.keyframes); training only
+        self.keyframe_weight = keyframe_weight
         self.freeze_vlm = freeze_vlm
         self.training_repeat = training_repeat
         self.freq_loss_weight = freq_loss_weight
@@ -198,9 +203,10 @@ class FlowObjective(nn.Module):
         action_mask: torch.Tensor,
         draws: StepDraws,
         predict: bool = False,
+        keyframe: torch.Tensor | None = None,
     ):
         """`state` (B, 1, A) raw, `actions` (B, T, A) normalised targets, `valid` (B, T) 0 on padded rows,
-        `action_mask` (B, T, A) active dims."""
+        `action_mask` (B, T, A) active dims, `keyframe` (B, 14) the keyframe loss's targets (or None)."""
         model = self.model
         if self.freeze_vlm or predict:
             with torch.no_grad():
@@ -210,6 +216,10 @@ class FlowObjective(nn.Module):
         if predict:
             with torch.no_grad():
                 return sample_actions(model, ctx, state, action_mask, noise=draws.gen_noise)
+        aux = None
+        if self.keyframe_head is not None and keyframe is not None:  # once per VLM pass, before the repeats
+            image_tokens = (inputs["mm_token_type_ids"] == 1) & ctx.attention_mask
+            aux = keyframe_loss(self.keyframe_head, ctx.keys[-1], ctx.values[-1], image_tokens, keyframe)
         R, P = self.training_repeat, draws.prefix_length
         reweight = bool(P) and self.reweight
 
@@ -254,4 +264,7 @@ class FlowObjective(nn.Module):
             x_t = torch.cat([actions[:, :P], x_t[:, P:]], dim=1)
         v = model.velocity(ctx, x_t, draws.time, state, action_mask, P, draws.blocked)
         loss = recipe_loss(v, actions - noise, active, P, weight, self.freq_loss_weight)
+        if aux is not None:
+            loss = loss + self.keyframe_weight * aux
+            stats["keyframe_loss"] = aux.detach()
         return loss, stats

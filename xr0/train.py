@@ -38,6 +38,7 @@ from xr0.data import (
     source_windows,
     state_statistics,
 )
+from xr0.keyframes import HEAD_PREFIX, KeyframeHead
 from xr0.objective import FlowObjective, draw_step
 from xr0.policy import RELATIVE_JOINTS
 from xr0.processor import STATS_KEYS
@@ -248,9 +249,15 @@ class Trainer:
         model.train()
         if cfg.mode == "frozen-vlm":
             model.vlm.eval()
+        head = None
+        if cfg.keyframe_loss_weight:
+            text = model.vlm.config.text_config
+            head = KeyframeHead(text.num_key_value_heads, text.head_dim).to(ctx.device)
         if state is not None:
-            self._check_resume(model, state)
-            params = dict(model.named_parameters())
+            self._check_resume(model, head, state)
+            params = dict(model.named_parameters()) | {
+                HEAD_PREFIX + n: p for n, p in (head.named_parameters() if head is not None else ())
+            }
             with torch.no_grad():
                 for name, value in state["trainable"].items():
                     params[name].copy_(value)
@@ -267,6 +274,8 @@ class Trainer:
             reweight=cfg.async_train,
             reweight_clamp=cfg.reweight_clamp,
             reweight_per_copy=cfg.reweight_per_copy,
+            keyframe_head=head,
+            keyframe_weight=cfg.keyframe_loss_weight,
         )
         self.wrapped = dist_.wrap(objective, self.strategy, ctx)
         self.params = _trainable(objective)
@@ -321,21 +330,25 @@ class Trainer:
         )
         common = (self.processor, self.cameras, self.relative, cfg.data.horizon, cfg.data.robot_type)
         priv = cfg.data.privileged
-        self.train_set = TrainingSamples(self.sources, *common, cfg.augment, seed, "draw", priv)
+        self.train_set = TrainingSamples(
+            self.sources, *common, cfg.augment, seed, "draw", priv, keyframes=bool(cfg.keyframe_loss_weight)
+        )
         self.eval_sets = {
             split: (TrainingSamples(self.sources, *common, cfg.augment, seed, split, priv), keys)
             for split in ("val", "train")
             if (keys := eval_keys(self.sources, split, cfg.data.eval_samples))
         }
 
-    def _check_resume(self, model, state: dict[str, Any]) -> None:
+    def _check_resume(self, model, head, state: dict[str, Any]) -> None:
         """The resumed run must train the same parameters; other changes are allowed but reported."""
         trainable = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+        trainable |= {HEAD_PREFIX + n: tuple(p.shape) for n, p in (head.named_parameters() if head else ())}
         saved_shapes = {n: tuple(t.shape) for n, t in state["trainable"].items()}
         if trainable != saved_shapes:
             raise ValueError(
-                f"{self.resume_from} was trained with other trainable parameters (another mode, or other "
-                "train.lora targets or rank); resume with the settings it was trained with"
+                f"{self.resume_from} was trained with other trainable parameters (another mode, other "
+                "train.lora targets or rank, or the keyframe loss on or off); resume with the settings it "
+                "was trained with"
             )
         info = json.loads((self.resume_from / TRAINING_INFO).read_text())
         free = {"steps", "max_minutes", "log_every", "eval_every", "save_every", "keep_checkpoints", "device",
@@ -472,9 +485,11 @@ class Trainer:
         inputs = {k: v.to(dev) for k, v in batch["inputs"].items()}
         mask = self.action_mask.to(dev).expand(self.local_batch, -1, -1)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+            keyframe = batch["keyframe"].to(dev) if "keyframe" in batch else None
             loss, stats = self.wrapped(
-                inputs, batch["state"].to(dev), batch["actions"].to(dev), batch["valid"].to(dev), mask, draws
-            )
+                inputs, batch["state"].to(dev), batch["actions"].to(dev), batch["valid"].to(dev), mask, draws,
+                keyframe=keyframe,
+            )  # fmt: skip
         loss.backward()
         params = list(self.params.values())
         if cfg.grad_clip:
@@ -567,8 +582,8 @@ class Trainer:
         ema = {n: to_cpu_full(t) for n, t in self.ema.items()} if self.ema is not None else None
         final = step_dir(self.run_dir, step)
         if ctx.main:
-            weights = {k.removeprefix("model."): v for k, v in full.items()}
-            weights.update(ema or {})
+            weights = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
+            weights.update({k: v for k, v in (ema or {}).items() if not k.startswith(HEAD_PREFIX)})
             if self.cfg.mode == "lora":  # the official layout, adapters folded in (a copy: training goes on)
                 from xr0.lora import merge_adapters
 

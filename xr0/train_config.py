@@ -148,6 +148,10 @@ class TrainConfig:
     training_repeat: int = 4
     # Weight of the frequency-domain loss (official 1; 0 disables it).
     freq_loss_weight: float = 1.0
+    # Weight of the auxiliary keyframe loss (0 = off; not in the official recipe): from the image tokens
+    # alone, predict the joint state at the next gripper open/close (xr0/keyframes.py). Makes a new model
+    # look at its cameras; needs the VLM trained (mode full or lora) and at least one camera.
+    keyframe_loss_weight: float = 0.0
     # Optimiser steps; the cosine schedule ends here.
     steps: int = 30000
     # Stop (and save) after this many minutes of training, even before `steps`; null: no limit.
@@ -241,6 +245,13 @@ class TrainConfig:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.freq_loss_weight < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("train.freq_loss_weight, weight_decay and grad_clip must be >= 0")
+        if self.keyframe_loss_weight < 0:
+            raise ValueError(f"train.keyframe_loss_weight must be >= 0, got {self.keyframe_loss_weight}")
+        if self.keyframe_loss_weight and self.mode == "frozen-vlm":
+            raise ValueError(
+                "train.keyframe_loss_weight needs the VLM trained (mode full or lora): with mode frozen-vlm "
+                "it cannot teach the model to look"
+            )
         if self.max_pixels is not None and self.max_pixels < 1024:
             raise ValueError(f"train.max_pixels must be >= 1024 (one 32×32 patch), got {self.max_pixels}")
         if self.async_train and self.dit_mask != "band":

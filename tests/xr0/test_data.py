@@ -20,6 +20,7 @@ from xr0.data import (
     TrainingSamples,
     action_statistics,
     make_loader,
+    model_state,
     open_sources,
     segment_groups,
     source_states,
@@ -346,3 +347,21 @@ def test_bad_stores_are_one_sentence_each(tmp_path):
         open_sources(DataConfig(datasets=(str(tmp_path / "missing.zarr"),)), CAMS)
     with pytest.raises(ValueError, match="data.weights has 2 entries for 1 datasets"):
         DataConfig(datasets=("a",), weights=(1.0, 2.0))
+
+
+def test_next_keyframe_is_the_next_gripper_switch_or_the_last_tick(sources, proc, store):
+    from xr0.keyframes import next_keyframes, robot_dims
+
+    actions = np.ones((10, 14))
+    actions[3:, 13] = 0.0  # the right gripper closes at tick 3 ...
+    actions[7:, 6] = 0.2  # ... the left one at tick 7 (both below the half-open line)
+    assert next_keyframes(actions).tolist() == [3, 3, 3, 7, 7, 7, 7, 9, 9, 9]
+    assert next_keyframes(np.ones((4, 14))).tolist() == [3, 3, 3, 3]  # no switch: the last tick
+    # a training sample's target is the normalised state at that tick, in the robot's 14 dims
+    ds = TrainingSamples(sources, proc, CAMS, REL, H, "aloha", NO_AUGMENT, seed=0, keyframes=True)
+    episode, t = sources[0].train.locate(2)
+    reader = EpisodeStore(str(store))
+    tick = next_keyframes(reader.get(episode, "action"))[t]
+    expected = robot_dims(model_state(proc, "aloha", reader.get(episode, "observation.state", tick))[0])
+    assert torch.equal(ds[(0, 2, 0)]["keyframe"], expected)
+    assert "keyframe" not in samples(sources, proc)[(0, 2, 0)]

@@ -282,3 +282,57 @@ def test_absolute_actions_are_a_new_models_choice_and_the_policy_follows_its_con
     assert not policy.relative.any()
     with pytest.raises(ValueError, match="relative_actions: false needs a new model"):
         config(store, relative_actions=False, init=str(tmp_path / "abs" / "last"))
+
+
+# -- the keyframe loss ---------------------------------------------------------------------------------------
+def test_keyframe_loss_reaches_the_vision_tower_stays_out_of_the_checkpoint_and_resumes(store, tmp_path):
+    from xr0.keyframes import HEAD_PREFIX
+
+    cfg = config(store, mode="full", steps=4, save_every=2, keyframe_loss_weight=1.0, ema_decay=0.5)
+    a = tmp_path / "a"
+    Trainer(cfg, a, progress=False).run()
+    records = [r for r in read_jsonl(a / "metrics.jsonl") if "loss" in r]
+    assert all(r["keyframe_loss"] > 0 for r in records)
+    raw = load_file(a / "last" / "resume" / "trainable.safetensors")
+    assert any(k.startswith(HEAD_PREFIX) for k in raw)  # the head resumes with the run ...
+    weights, _ = trained(a)  # ... and the policy checkpoint loads strictly, in the official layout
+    assert not any(k.startswith(HEAD_PREFIX) for k in weights)
+    XR0Policy.from_checkpoint(a / "last", XR0PolicyConfig(cameras=CAMS))
+    b = tmp_path / "b"  # resuming from step 2 reproduces the run, head included
+    import shutil
+
+    shutil.copytree(a, b, symlinks=True)
+    shutil.rmtree(b / "checkpoints" / "step-000004")
+    (b / "last").unlink()
+    (b / "last").symlink_to("checkpoints/step-000002")
+    Trainer(cfg, b, resume=True, progress=False).run()
+    again = load_file(b / "last" / "resume" / "trainable.safetensors")
+    assert all(torch.equal(raw[k], again[k]) for k in raw)
+    with pytest.raises(ValueError, match="keyframe loss on or off"):
+        Trainer(replace(cfg, keyframe_loss_weight=0.0, steps=6), b, resume=True, progress=False).run()
+
+
+def test_keyframe_loss_alone_trains_the_vision_tower(store):
+    """The auxiliary loss's gradient reaches the vision tower through the image tokens' keys and values."""
+    from xr0.keyframes import KeyframeHead, keyframe_loss
+
+    cfg = config(store, mode="full")
+    trainer = Trainer(replace(cfg, keyframe_loss_weight=1.0), store.parent / "unused-run", progress=False)
+    trainer._prepare()
+    batch = trainer.train_set.__getitem__  # one real sample's prompt and keyframe target
+    sample = batch((0, 0, 0))
+    inputs = trainer.train_set.processor.collate([sample["inputs"]])
+    model = trainer.model
+    ctx = model.encode(inputs)
+    text = model.vlm.config.text_config
+    head = KeyframeHead(text.num_key_value_heads, text.head_dim)
+    image_tokens = (inputs["mm_token_type_ids"] == 1) & ctx.attention_mask
+    keyframe_loss(head, ctx.keys[-1], ctx.values[-1], image_tokens, sample["keyframe"][None]).backward()
+    vision = [p for n, p in model.named_parameters() if n.startswith("vlm.model.visual.") and p.requires_grad]
+    assert vision and sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in vision) == len(vision)
+    with pytest.raises(ValueError, match="at least one camera view"):
+        keyframe_loss(
+            head, ctx.keys[-1], ctx.values[-1], torch.zeros_like(image_tokens), sample["keyframe"][None]
+        )
+    with pytest.raises(ValueError, match="keyframe_loss_weight needs the VLM trained"):
+        config(store, mode="frozen-vlm", keyframe_loss_weight=1.0)

@@ -98,6 +98,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
     p.add_argument("--training-repeat", type=int, default=None, help="DiT passes per VLM pass")
     p.add_argument("--freq-loss-weight", type=float, default=None, help="frequency loss weight (0 = off)")
+    p.add_argument(
+        "--keyframe-loss",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of the auxiliary keyframe loss that teaches a new model to look (0 = off)",
+    )
     p.add_argument("--ema", type=float, default=None, metavar="DECAY", help="EMA decay (0 = off)")
     p.add_argument("--max-pixels", type=int, default=None, help="pixels per view for new checkpoints")
     p.add_argument(
@@ -174,6 +181,7 @@ def train_config(args: argparse.Namespace, config: AppConfig) -> TrainConfig:
         "warmup_steps": args.warmup_steps,
         "training_repeat": args.training_repeat,
         "freq_loss_weight": args.freq_loss_weight,
+        "keyframe_loss_weight": args.keyframe_loss,
         "ema_decay": args.ema,
         "max_pixels": args.max_pixels,
         "normalize_state": args.normalize_state,
