@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -25,11 +26,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Frame:
-    image: np.ndarray  # (H, W, 3) uint8 RGB
+    image: np.ndarray | None  # (H, W, 3) uint8 RGB; None only for a deferred frame (`pixels`)
     t_ns: int  # host time the frame reached us (Clock.now_ns)
     index: int  # the device's frame counter: a repeated index is a duplicated frame
     device_t_ns: int | None = None  # the device's own timestamp, where it has one
     depth: np.ndarray | None = None  # (H, W) float32 metres, aligned to the colour image (RealSense only)
+    # A simulator camera in lockstep evaluation defers its rendering to the first read of the image
+    # (`drivers.sim.parts.SimCamera.deferred`): this renders it, or raises if the world has moved on.
+    pixels: Callable[[], np.ndarray] | None = None
+
+    def rgb(self) -> np.ndarray:
+        """The frame's pixels (rendered now if the frame was deferred)."""
+        return self.image if self.image is not None else self.pixels()
 
 
 class Camera(Protocol):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from drivers.arm import Arm, JointSample
-from drivers.camera import Camera
+from drivers.camera import Camera, Frame
 from drivers.clock import Clock
 from drivers.errors import DeviceError, StaleSampleError
 from drivers.joints import JOINT_NAMES, SIDES, STATE_DIM, side_slice
@@ -34,6 +34,27 @@ class Observation:
     image_index: dict[str, int]  # camera name -> frame counter
     duplicated: tuple[str, ...] = ()  # cameras whose frame is the same one as in the previous observation
     skew_ms: float = 0.0  # spread of the capture times (state and frames) within this observation
+
+
+class FrameImages(Mapping):
+    """`Observation.images` when some frames are deferred: camera name → pixels, each rendered at its
+    first read (and kept). Evaluation in the simulator reads the images only on the ticks where the policy
+    is asked for a chunk, so the other ticks render nothing."""
+
+    def __init__(self, frames: Mapping[str, Frame]) -> None:
+        self._frames = dict(frames)
+        self._images: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._images:
+            self._images[name] = self._frames[name].rgb()
+        return self._images[name]
+
+    def __iter__(self):
+        return iter(self._frames)
+
+    def __len__(self) -> int:
+        return len(self._frames)
 
 
 @dataclass(frozen=True)
@@ -188,7 +209,9 @@ class BimanualRobot:
             velocity=velocity,
             effort=effort,
             state_t_ns=state_t,
-            images={n: f.image for n, f in frames.items()},
+            images=FrameImages(frames)
+            if any(f.image is None for f in frames.values())
+            else {n: f.image for n, f in frames.items()},  # fmt: skip
             image_t_ns={n: f.t_ns for n, f in frames.items()},
             image_index={n: f.index for n, f in frames.items()},
             duplicated=duplicated,

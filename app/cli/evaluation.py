@@ -50,6 +50,10 @@ def evaluate_seeds(
         rig = build_rig(config, rendered_cameras(config, source, bool(videos)))
     except (UserError, DeviceError, ValueError, OSError) as e:
         raise SetupError(str(e)) from e
+    if config.control.sim_timing == "lockstep":  # render a camera only on the ticks its image is read
+        for cam in rig.robot.cameras.values():
+            if hasattr(cam, "deferred"):
+                cam.deferred = True
     policy = None
     try:
         try:

@@ -83,6 +83,9 @@ class SimCamera:
         self.width = width
         self.height = height
         self.fps = fps
+        # Deferred: a frame renders when its image is first read (`Frame.rgb`), not when it is taken — for
+        # lockstep evaluation, where the policy reads the images only on the ticks it is asked for a chunk.
+        self.deferred = False
         self._last_index = -1
 
     def connect(self) -> None:
@@ -92,10 +95,27 @@ class SimCamera:
         pass
 
     def _frame(self) -> Frame:
-        image = self.sim.render(self.name, self.width, self.height)
+        self.sim.sync()
         # One frame per physics state: the step counter since the episode start, offset per episode.
         index = self.sim.episode * 10_000_000 + round(self.sim.time_s / self.sim.model.opt.timestep)
-        return Frame(image=image, t_ns=self.sim.capture_ns(), index=index)
+        if self.deferred:
+            return Frame(
+                image=None, t_ns=self.sim.capture_ns(), index=index, pixels=lambda: self._render(index)
+            )
+        return Frame(
+            image=self.sim.render(self.name, self.width, self.height), t_ns=self.sim.capture_ns(), index=index
+        )
+
+    def _render(self, index: int) -> np.ndarray:
+        """A deferred frame's pixels: the physics must still be in the state the frame was taken at."""
+        self.sim.sync()
+        now = self.sim.episode * 10_000_000 + round(self.sim.time_s / self.sim.model.opt.timestep)
+        if now != index:
+            raise DeviceError(
+                f"camera {self.name}: a deferred frame was read after the simulation moved on (frame {index}, "
+                f"world at {now}); read a deferred observation's images within its tick"
+            )
+        return self.sim.render(self.name, self.width, self.height)
 
     def latest(self, max_age_ms: float) -> Frame:
         frame = self._frame()

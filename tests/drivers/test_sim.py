@@ -123,6 +123,37 @@ def test_stale_frame_is_reported(world):
         cam.latest(-1.0)  # any age is too old for a negative bound
 
 
+def test_a_deferred_camera_renders_at_the_first_read_the_same_frame_or_refuses_once_the_world_moved(world):
+    sim, clock = world
+    sim.reset(0)
+    robot = BimanualRobot(
+        followers={s: SimArm(sim, s) for s in SIDES},
+        cameras={n: SimCamera(sim, n, 64, 48) for n in ("cam_high", "cam_left_wrist")},
+        safety=SafetyConfig(),
+        clock=clock,
+    )
+    for cam in robot.cameras.values():
+        cam.deferred = True
+    renders = []
+    real_render = sim.render
+    sim.render = lambda *a: renders.append(a[0]) or real_render(*a)
+    try:
+        with robot:
+            renders.clear()
+            obs = robot.observe()
+            assert renders == [] and obs.image_index["cam_high"] >= 0  # taken, not rendered
+            image = obs.images["cam_high"]
+            assert renders == ["cam_high"] and obs.images["cam_high"] is image  # rendered once, when read
+            assert np.array_equal(image, real_render("cam_high", 64, 48))  # the frame of that physics state
+            clock.advance(TICK_NS)
+            with pytest.raises(
+                DeviceError, match="cam_left_wrist: a deferred frame was read after the simulation"
+            ):
+                obs.images["cam_left_wrist"]
+    finally:
+        sim.render = real_render
+
+
 def test_unknown_camera_is_a_clear_error(world):
     sim, _ = world
     with pytest.raises(DeviceError, match="no camera 'cam_side'"):
