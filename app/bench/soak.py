@@ -194,7 +194,7 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
     from app.runtime.rollout import RolloutSession
     from app.runtime.runner import PolicyRunner
     from app.serving.client import RemotePolicy
-    from app.viz.logger import RerunLogger, Sink
+    from app.viz.logger import Sink, rerun_logger
 
     if args.minutes <= 0 or not 1 <= args.cameras <= len(config.cameras):
         raise UserError(f"--minutes must be > 0 and --cameras 1..{len(config.cameras)}")
@@ -227,14 +227,15 @@ def bench(args: argparse.Namespace, config: AppConfig) -> dict:
         rrd = folder / "soak.rrd"
         viz = None
         if args.viz:
-            viz = RerunLogger(Sink("file", path=rrd), cfg.viz, cameras=list(cfg.cameras), with_chunks=True)
+            viz = rerun_logger(Sink("file", path=rrd), cfg.viz, cameras=list(cfg.cameras), with_chunks=True)
             publisher.subscribers.append(viz)
         writer = next(c for c in multiprocessing.active_children() if c.name == "xr0-recorder-writer")
         sampler = MinuteSampler(
             cfg.control.fps,
             runner,
             rig.robot,
-            {"loop": os.getpid(), "writer": writer.pid, "server": server.pid},
+            {"loop": os.getpid(), "writer": writer.pid, "server": server.pid}
+            | ({"viz": viz.process.pid} if hasattr(viz, "process") else {}),
             {"store": folder / "bench_loop.zarr", "rrd": rrd},
             {
                 "recorder_overflows": lambda: recorder.recorder.overflows,

@@ -41,7 +41,7 @@ def record(
     `extra_subscribers` see every event after the recorder (tests use one to checksum what was sent);
     `rig` replaces the one built from the config (it is closed at the end either way)."""
     from app.compose.rig import build_rig
-    from app.viz.logger import RerunLogger, open_sink
+    from app.viz.logger import open_sink, rerun_logger
     from recording.recorder import Recorder
     from recording.schema import StoreError
 
@@ -70,7 +70,7 @@ def record(
             attrs = {"robot_type": config.robot.type, "calibration": calibration_identity(config)}
             publisher.subscribers.append(RecorderSubscriber(recorder, plan.task, attrs))
             if sink.kind != "off":
-                publisher.subscribers.append(RerunLogger(sink, config.viz, cameras=list(spec.cameras)))
+                publisher.subscribers.append(rerun_logger(sink, config.viz, cameras=list(spec.cameras)))
             publisher.subscribers += list(extra_subscribers)
             with keys.Keyboard() as keyboard:
                 session = RecordSession(

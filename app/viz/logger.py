@@ -29,9 +29,9 @@ import queue
 import socket
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,6 +63,10 @@ class VizConfig:
     # live viewers). Every chunk costs bytes in the file and memory in the logging process: at 2 s a loop's
     # .rrd is half as large or less and the process grows far more slowly (docs/runner.md, "The Rerun view").
     file_flush_seconds: float = 2.0
+    # Log from a process of its own (`RerunProcess`): Rerun's SDK, its memory (which grows while it writes
+    # a file) and its CPU stay out of the control process; if that process dies, the loop goes on. false:
+    # a thread of the control process (`RerunLogger`).
+    process: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.file_flush_seconds <= 60:
@@ -247,6 +251,7 @@ class RerunLogger:
         cameras: list[str] | None = None,
         with_chunks: bool = False,
         app_id: str = "xr0",
+        threaded: bool = True,
     ) -> None:
         import rerun as rr
 
@@ -256,6 +261,7 @@ class RerunLogger:
         self.dropped = 0
         self.logged = 0
         self.error: str | None = None
+        self.relayed_queue: int | None = None  # RerunProcess: the control process's queue length
         self.throughput = Throughput()
         self._t0_ns: int | None = None
         self._tick = 0
@@ -279,8 +285,10 @@ class RerunLogger:
             rr.serve_web_viewer(web_port=sink.port, open_browser=False, connect_to=uri)
             log.info("Rerun web viewer on port %s", sink.port or "default")
         self._log_static()
-        self._worker = threading.Thread(target=self._run, name="rerun-logger", daemon=True)
-        self._worker.start()
+        self._worker = None
+        if threaded:  # else the caller feeds `handle` itself (the logging process of `RerunProcess`)
+            self._worker = threading.Thread(target=self._run, name="rerun-logger", daemon=True)
+            self._worker.start()
 
     def _log_static(self) -> None:
         rr, rec = self.rr, self.rec
@@ -316,18 +324,23 @@ class RerunLogger:
         self._put(event)
 
     def close(self) -> None:
-        self._queue.put(_STOP)
-        self._worker.join(timeout=60)
-        if self.error is None and self._t_last_s is not None:
-            self._log_minutes(self._t_last_s, final=True)  # the last, partial minute
-        self.rec.flush()
-        if self.sink.kind == "file":
-            self.rec.disconnect()
+        if self._worker is not None:
+            self._queue.put(_STOP)
+            self._worker.join(timeout=60)
+        self.finish()
         if self.dropped:
             log.warning(
                 "Rerun: %d visualisation messages were dropped (queue full); recorded data is unaffected",
                 self.dropped,
             )
+
+    def finish(self) -> None:
+        """Log the last, partial minute and flush the sink (after the last `handle`)."""
+        if self.error is None and self._t_last_s is not None:
+            self._log_minutes(self._t_last_s, final=True)
+        self.rec.flush()
+        if self.sink.kind == "file":
+            self.rec.disconnect()
 
     # -- worker ---------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -335,18 +348,22 @@ class RerunLogger:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if self.error is not None:
-                continue  # visualisation failed earlier: keep draining so the loop never notices
-            try:
-                if isinstance(item, StepEvent):
-                    self._log_step(item)
-                elif isinstance(item, EpisodeEvent):
-                    self._log_episode(item)
-                else:
-                    self._log_chunk(item)
-            except Exception as e:  # noqa: BLE001 - a viewer that went away must not stop the robot
-                self.error = f"Rerun logging stopped: {e}"
-                log.error("%s; the control loop goes on without visualisation", self.error)
+            self.handle(item)
+
+    def handle(self, item: object) -> None:
+        """Log one event (a step, an episode event or a chunk record); errors stop logging, never the loop."""
+        if self.error is not None:
+            return  # visualisation failed earlier: keep draining so the loop never notices
+        try:
+            if isinstance(item, StepEvent):
+                self._log_step(item)
+            elif isinstance(item, EpisodeEvent):
+                self._log_episode(item)
+            else:
+                self._log_chunk(item)
+        except Exception as e:  # noqa: BLE001 - a viewer that went away must not stop the robot
+            self.error = f"Rerun logging stopped: {e}"
+            log.error("%s; the control loop goes on without visualisation", self.error)
 
     def _seconds(self, t_ns: int) -> float:
         if self._t0_ns is None:
@@ -377,7 +394,8 @@ class RerunLogger:
         rec.log("loop/lateness_ms", rr.Scalars(e.lateness_ns / 1e6))
         for section, ms in e.timings_ms.items():
             rec.log(f"loop/{section}_ms", rr.Scalars(ms))
-        rec.log("loop/queue/viz", rr.Scalars(self._queue.qsize()))
+        queued = self._queue.qsize() if self.relayed_queue is None else self.relayed_queue
+        rec.log("loop/queue/viz", rr.Scalars(queued))
         rec.log("counters/viz_dropped", rr.Scalars(self.dropped))
         if e.clamped or e.rejected:
             rec.log("counters/clamped_this_tick", rr.Scalars(e.clamped))
@@ -431,3 +449,159 @@ class RerunLogger:
     def _count(self, name: str) -> int:
         self._counts[name] = self._counts.get(name, 0) + 1
         return self._counts[name]
+
+
+# -- Rerun in a process of its own ------------------------------------------------------------------------------
+STARTUP_TIMEOUT_S = (
+    120.0  # importing rerun and opening the sink in a fresh interpreter (seconds on a busy CPU)
+)
+
+
+class RerunProcess:
+    """`RerunLogger` in a child process, behind the same subscriber API (the default, `viz.process`).
+
+    The control thread only puts events on a bounded inter-process queue (`put_nowait`; the queue's own
+    feeder thread serialises them), so Rerun's SDK — its memory, which grows while it writes a file
+    (docs/benchmarks.md, `bench soak`), and its JPEG and encoding work — lives outside the control process.
+    A full queue drops the message and counts it, as the thread logger does. If the logging process dies,
+    the loop goes on without visualisation (one error line). The events are this program's own dataclasses,
+    sent between its own two processes on this machine (never over a network)."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        config: VizConfig,
+        cameras: list[str] | None = None,
+        with_chunks: bool = False,
+        app_id: str = "xr0",
+    ) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that has a control thread
+        self.sink = sink
+        self.dropped = 0
+        self.logged = 0
+        self.error: str | None = None
+        self._lost = False
+        self._queue = ctx.Queue(maxsize=config.queue_size)
+        self._reply, reply = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(
+            target=_logging_process,
+            args=(sink, config, cameras, with_chunks, app_id, self._queue, reply, os.getpid()),
+            name="xr0-rerun",
+            daemon=True,
+        )
+        self.process.start()
+        reply.close()
+        answer = self._answer(STARTUP_TIMEOUT_S)
+        if answer is None or answer[0] != "ready":
+            self.process.kill()
+            self.process.join(10)
+            why = answer[1] if answer is not None else f"it did not start within {STARTUP_TIMEOUT_S:.0f} s"
+            raise VizError(f"the Rerun logging process could not open {_describe(sink)}: {why}")
+
+    def _answer(self, timeout_s: float) -> tuple[str, object] | None:
+        try:
+            return self._reply.recv() if self._reply.poll(timeout_s) else None
+        except (EOFError, OSError):
+            return ("gone", f"it ended (exit code {self.process.exitcode})")
+
+    # -- subscriber API (called on the control thread: never blocks) --------------------------------------
+    def _put(self, item: tuple) -> None:
+        if self._lost:
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+            if not self.process.is_alive():
+                self._lost = True
+                self.error = f"the Rerun logging process ended (exit code {self.process.exitcode})"
+                log.error("%s; the control loop goes on without visualisation", self.error)
+
+    def on_step(self, event: StepEvent) -> None:
+        obs = event.observation
+        if not isinstance(obs.images, dict):  # deferred frames: only their pixels can travel
+            event = replace(event, observation=replace(obs, images=dict(obs.images)))
+        self._put((event, self._queue.qsize(), self.dropped))
+
+    def on_episode(self, event: EpisodeEvent) -> None:
+        self._put((event, None, self.dropped))
+
+    def on_chunk(self, event: object) -> None:
+        self._put((event, None, self.dropped))
+
+    def close(self) -> None:
+        if not self._lost:
+            try:
+                self._queue.put(None, timeout=10)
+            except queue.Full:
+                pass
+        answer = self._answer(120.0 if self.process.is_alive() else 0.0)
+        if answer is not None and answer[0] == "done":
+            self.logged, error = answer[1]
+            self.error = self.error or error
+        else:
+            self.error = self.error or (
+                f"the Rerun logging process did not finish ({answer[1] if answer else 'no answer in 120 s'})"
+            )
+            self.process.kill()
+        self.process.join(10)
+        self._queue.cancel_join_thread()  # anything still queued is visualisation only
+        self._queue.close()
+        if self.error:
+            log.error("Rerun: %s", self.error)
+        if self.dropped:
+            log.warning(
+                "Rerun: %d visualisation messages were dropped (queue full); recorded data is unaffected",
+                self.dropped,
+            )
+
+
+def _describe(sink: Sink) -> str:
+    return str(sink.path) if sink.kind == "file" else f"the {sink.kind} viewer"
+
+
+def _logging_process(
+    sink: Sink,
+    config: VizConfig,
+    cameras: list[str] | None,
+    with_chunks: bool,
+    app_id: str,
+    events: Any,  # multiprocessing.Queue
+    reply: Any,  # multiprocessing.connection.Connection
+    parent_pid: int,
+) -> None:
+    """The child of `RerunProcess`: log what arrives until told to stop, or until the parent is gone."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the control process's: it closes us in order
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logger = RerunLogger(sink, config, cameras, with_chunks, app_id, threaded=False)
+    except Exception as e:  # noqa: BLE001 - reported to the parent in one sentence
+        reply.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    reply.send(("ready", None))
+    while True:
+        try:
+            item = events.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent_pid:  # the control process died: keep what was logged, stop
+                break
+            continue
+        if item is None:
+            break
+        event, queued, dropped = item
+        logger.relayed_queue, logger.dropped = queued, dropped
+        logger.handle(event)
+    logger.finish()
+    reply.send(("done", (logger.logged, logger.error)))
+
+
+def rerun_logger(
+    sink: Sink, config: VizConfig, cameras: list[str] | None = None, with_chunks: bool = False
+) -> RerunLogger | RerunProcess:
+    """The loop's Rerun subscriber: in a process of its own (`viz.process`, the default) or a thread."""
+    kind = RerunProcess if config.process else RerunLogger
+    return kind(sink, config, cameras=cameras, with_chunks=with_chunks)

@@ -1,5 +1,6 @@
 """Rerun views written to real .rrd files and read back with Rerun's own API."""
 
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -291,3 +292,54 @@ def test_a_rrd_file_gets_few_large_chunks_as_configured(tmp_path):
 def test_a_bad_file_flush_interval_is_named():
     with pytest.raises(ValueError, match="file_flush_seconds"):
         VizConfig(file_flush_seconds=0)
+
+
+# -- Rerun in a process of its own ---------------------------------------------------------------------------
+def _steps(logger, ticks: int, image: np.ndarray | None = None) -> list[np.ndarray]:
+    from app.runtime.events import StepEvent
+    from drivers.robot import Observation
+
+    sent = []
+    for k in range(ticks):
+        s = np.sin(k / 30 + np.arange(14))
+        images = {"cam_high": image} if image is not None else {}
+        obs = Observation(
+            s, None, None, k * 33_333_333, images, {n: k for n in images}, {n: k for n in images}
+        )
+        logger.on_step(StepEvent(k, k * 33_333_333, 0, 0, obs, None, None, s, 0, 0, False))
+        sent.append(s)
+    return sent
+
+
+def test_the_logging_process_writes_what_the_loop_sent_and_leaves_the_loop_process_alone(tmp_path):
+    from app.viz.logger import RerunProcess
+
+    rrd = tmp_path / "p.rrd"
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    logger = RerunProcess(Sink("file", path=rrd), VizConfig(queue_size=1000), cameras=["cam_high"])
+    assert logger.process.pid != os.getpid() and logger.process.is_alive()
+    sent = _steps(logger, 60, image)
+    logger.close()
+    assert logger.error is None and logger.dropped == 0 and logger.logged == 60
+    assert not logger.process.is_alive() and logger.process.exitcode == 0
+    np.testing.assert_allclose(scalars(rrd, "/arms/left/measured"), np.array(sent)[:, :7], rtol=0, atol=1e-12)
+    assert sum(len(b["tick"]) for b in columns(rrd)["/cameras/cam_high"]) == 60
+
+
+def test_a_logging_process_that_dies_costs_the_loop_nothing_but_its_view(tmp_path):
+    from app.viz.logger import RerunProcess
+
+    logger = RerunProcess(Sink("file", path=tmp_path / "d.rrd"), VizConfig(queue_size=4))
+    logger.process.kill()
+    logger.process.join(10)
+    _steps(logger, 20)  # the queue fills and the loss is noticed; nothing raises on the control thread
+    assert logger.dropped > 0 and "ended (exit code -9)" in logger.error
+    logger.close()
+
+
+def test_a_sink_the_logging_process_cannot_open_is_one_sentence(tmp_path):
+    from app.viz.logger import RerunProcess
+
+    (tmp_path / "dir.rrd").mkdir()  # a folder where the file should be
+    with pytest.raises(VizError, match=r"could not open .*dir\.rrd"):
+        RerunProcess(Sink("file", path=tmp_path / "dir.rrd"), VizConfig())

@@ -91,7 +91,7 @@ def run_rollout(
     planned actions and each chunk received) in that dataset, ready for the next fine-tune."""
     from app.compose.policies import open_policy
     from app.compose.rig import build_rig
-    from app.viz.logger import RerunLogger, open_sink
+    from app.viz.logger import open_sink, rerun_logger
 
     sink, note = open_sink(rerun, "rollout")
     if note:
@@ -107,7 +107,7 @@ def run_rollout(
             publisher.subscribers.append(_recorder(config, rig, policy, record, source, instruction))
         if sink.kind != "off":
             publisher.subscribers.append(
-                RerunLogger(sink, config.viz, cameras=list(rig.robot.cameras), with_chunks=True)
+                rerun_logger(sink, config.viz, cameras=list(rig.robot.cameras), with_chunks=True)
             )
         runner = PolicyRunner(
             rig.robot, rig.clock, policy, config.policy, config.control.fps, publisher, instruction

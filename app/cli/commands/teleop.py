@@ -34,7 +34,7 @@ def run_teleop(
 ) -> tuple[TeleopReport, Sink]:
     """Compose the rig and subscribers from config, run the session, always shut down cleanly."""
     from app.compose.rig import build_rig
-    from app.viz.logger import RerunLogger
+    from app.viz.logger import rerun_logger
 
     sink, note = open_sink(rerun, "teleop")
     if note:
@@ -42,7 +42,7 @@ def run_teleop(
     rig = build_rig(config)
     publisher = Publisher()
     if sink.kind != "off":
-        publisher.subscribers.append(RerunLogger(sink, config.viz, cameras=list(rig.robot.cameras)))
+        publisher.subscribers.append(rerun_logger(sink, config.viz, cameras=list(rig.robot.cameras)))
     seconds = episode_seconds
     if seconds is None:
         sim_seconds = config.robot.scripted.episode_seconds
