@@ -10,10 +10,13 @@ From the start pose that is the grasp pose, which depends on where the object is
 state says. The label comes from the demonstration's own recorded states and gripper commands, so it
 exists for every recording — a real robot's too; nothing privileged is read.
 
-The head reads what the action expert reads: the keys and values of the VLM's last cached layer, over the
-image tokens only. One learned query per KV head attends over them (scaled dot product), the pooled
-values go through a two-layer MLP to the 14 robot dims of the model's (normalised) state. It exists only
-in training: checkpoints keep the official layout, and the resume state carries the head's weights.
+The head reads the vision tower's merged image tokens (what the language model receives for each
+view), so its gradient reaches the vision tower by the shortest path; the language model and the action
+expert then find the object's place already in their inputs. Per view, four learned queries attend over
+the view's tokens (content keys; the tokens carry their position embeddings, so the pooled vector says
+where as well as what); the pooled views go through a two-layer MLP to the 14 robot dims of the model's
+(normalised) state. The head exists only in training: checkpoints keep the official layout, and the
+resume state carries the head's weights.
 """
 
 from __future__ import annotations
@@ -48,26 +51,59 @@ def robot_dims(state32: torch.Tensor) -> torch.Tensor:
 
 
 class KeyframeHead(nn.Module):
-    """Attention pooling over the image tokens of one VLM layer's keys/values → (B, 14) keyframe state."""
+    """Per-view attention pooling over the vision tower's merged tokens → (B, 14) keyframe state."""
 
-    def __init__(self, kv_heads: int, head_dim: int, hidden: int = 256, out_dim: int = len(XR0_INDEX)):
+    def __init__(
+        self, width: int, views: int, heads: int = 4, hidden: int = 256, out_dim: int = len(XR0_INDEX)
+    ):
         super().__init__()
-        self.query = nn.Parameter(torch.randn(kv_heads, head_dim) * 0.02)
+        if width % heads:
+            raise ValueError(f"the vision width {width} is not divisible into {heads} pooling heads")
+        self.views, self.heads = views, heads
+        self.query = nn.Parameter(torch.randn(views, heads, width // heads) * 0.02)
+        self.key = nn.Linear(width, width)
         self.mlp = nn.Sequential(
-            nn.LayerNorm(kv_heads * head_dim), nn.Linear(kv_heads * head_dim, hidden), nn.GELU(),
+            nn.LayerNorm(views * width),
+            nn.Linear(views * width, hidden),
+            nn.GELU(),
             nn.Linear(hidden, out_dim),
-        )  # fmt: skip
+        )
 
-    def forward(self, keys: torch.Tensor, values: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        """`keys`/`values` (B, H, L, hd); `image_tokens` (B, L) bool: the positions the head may read."""
-        scores = torch.einsum("bhld,hd->bhl", keys.float(), self.query) * keys.shape[-1] ** -0.5
-        scores = scores.masked_fill(~image_tokens[:, None, :], float("-inf"))
-        pooled = torch.einsum("bhl,bhld->bhd", scores.softmax(dim=-1), values.float())
-        return self.mlp(pooled.flatten(1))
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`tokens` (B, V, n, C) each view's merged tokens (padded), `mask` (B, V, n) True on real ones."""
+        B, V, n, C = tokens.shape
+        tokens = tokens.float()
+        keys = self.key(tokens).view(B, V, n, self.heads, -1)
+        scores = torch.einsum("bvnhd,vhd->bvhn", keys, self.query) * keys.shape[-1] ** -0.5
+        scores = scores.masked_fill(~mask[:, :, None, :], float("-inf"))
+        pooled = torch.einsum(
+            "bvhn,bvnhd->bvhd", scores.softmax(dim=-1), tokens.view(B, V, n, self.heads, -1)
+        )
+        return self.mlp(pooled.reshape(B, V * C))
 
 
-def keyframe_loss(head: KeyframeHead, keys, values, image_tokens, target: torch.Tensor) -> torch.Tensor:
+def view_tokens(merged: torch.Tensor, grid_thw: torch.Tensor, merge: int, batch: int):
+    """The vision tower's merged tokens of all images (N, C), in prompt order, → (B, V, n, C) per sample
+    and view (padded to the longest view) and the (B, V, n) mask of real tokens."""
+    counts = (grid_thw.prod(dim=-1) // (merge * merge)).tolist()
+    if len(counts) % batch:
+        raise ValueError(
+            f"{len(counts)} images do not split evenly over {batch} samples (one set of views each)"
+        )
+    parts = list(torch.split(merged, counts))
+    n = max(counts)
+    tokens = torch.nn.utils.rnn.pad_sequence(parts, batch_first=True)  # (B·V, n, C)
+    mask = torch.arange(n, device=merged.device)[None] < torch.tensor(counts, device=merged.device)[:, None]
+    V = len(counts) // batch
+    return tokens.view(batch, V, n, -1), mask.view(batch, V, n)
+
+
+def keyframe_loss(
+    head: KeyframeHead, tokens: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     """Mean squared error of the head's prediction against the (B, 14) normalised keyframe states."""
-    if not bool(image_tokens.any(dim=1).all()):
-        raise ValueError("the keyframe loss needs at least one camera view in every sample's prompt")
-    return F.mse_loss(head(keys, values, image_tokens), target.float())
+    if tokens.shape[1] != head.views:
+        raise ValueError(
+            f"the keyframe head was built for {head.views} views; the prompt has {tokens.shape[1]}"
+        )
+    return F.mse_loss(head(tokens, mask), target.float())

@@ -33,6 +33,7 @@ cannot know.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from xr0.flow import draw_blocked_prefix, sample_actions, sample_flow_time
-from xr0.keyframes import KeyframeHead, keyframe_loss
+from xr0.keyframes import KeyframeHead, keyframe_loss, view_tokens
 from xr0.model import XR0Model
 
 NO_PREFIX_PROB = 0.5  # official: half the batches train without a prefix
@@ -193,6 +194,13 @@ class FlowObjective(nn.Module):
         self.reweight = reweight
         self.reweight_clamp = reweight_clamp
         self.reweight_per_copy = reweight_per_copy
+        self._vision_out: list[torch.Tensor] = []
+        if keyframe_head is not None:  # keep the vision tower's merged tokens of each training pass
+            model.vlm.model.visual.register_forward_hook(self._keep_vision_tokens)
+
+    def _keep_vision_tokens(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.training and torch.is_grad_enabled():
+            self._vision_out[:] = [output.pooler_output]
 
     def forward(
         self,
@@ -218,8 +226,18 @@ class FlowObjective(nn.Module):
                 return sample_actions(model, ctx, state, action_mask, noise=draws.gen_noise)
         aux = None
         if self.keyframe_head is not None and keyframe is not None:  # once per VLM pass, before the repeats
-            image_tokens = (inputs["mm_token_type_ids"] == 1) & ctx.attention_mask
-            aux = keyframe_loss(self.keyframe_head, ctx.keys[-1], ctx.values[-1], image_tokens, keyframe)
+            if "pixel_values" not in inputs:
+                raise ValueError("the keyframe loss needs at least one camera view in the prompt")
+            if not self._vision_out:
+                raise ValueError(
+                    "the keyframe loss needs the vision tower run with gradients (mode full or lora)"
+                )
+            merged = self._vision_out.pop()  # the vision tower's merged tokens of this pass (the hook above)
+            grid = inputs["image_grid_thw"]
+            tokens, mask = view_tokens(
+                merged, grid, model.vlm.config.vision_config.spatial_merge_size, len(keyframe)
+            )
+            aux = keyframe_loss(self.keyframe_head, tokens, mask, keyframe)
         R, P = self.training_repeat, draws.prefix_length
         reweight = bool(P) and self.reweight
 

@@ -251,8 +251,8 @@ class Trainer:
             model.vlm.eval()
         head = None
         if cfg.keyframe_loss_weight:
-            text = model.vlm.config.text_config
-            head = KeyframeHead(text.num_key_value_heads, text.head_dim).to(ctx.device)
+            width = model.vlm.config.vision_config.out_hidden_size
+            head = KeyframeHead(width, len(self.cameras)).to(ctx.device)
         if state is not None:
             self._check_resume(model, head, state)
             params = dict(model.named_parameters()) | {

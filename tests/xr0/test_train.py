@@ -313,26 +313,36 @@ def test_keyframe_loss_reaches_the_vision_tower_stays_out_of_the_checkpoint_and_
 
 
 def test_keyframe_loss_alone_trains_the_vision_tower(store):
-    """The auxiliary loss's gradient reaches the vision tower through the image tokens' keys and values."""
-    from xr0.keyframes import KeyframeHead, keyframe_loss
+    """The auxiliary loss's gradient reaches every vision tower parameter through the merged image tokens."""
+    from xr0.keyframes import view_tokens
 
-    cfg = config(store, mode="full")
-    trainer = Trainer(replace(cfg, keyframe_loss_weight=1.0), store.parent / "unused-run", progress=False)
+    trainer = Trainer(
+        config(store, mode="full", keyframe_loss_weight=1.0), store.parent / "unused", progress=False
+    )
     trainer._prepare()
-    batch = trainer.train_set.__getitem__  # one real sample's prompt and keyframe target
-    sample = batch((0, 0, 0))
-    inputs = trainer.train_set.processor.collate([sample["inputs"]])
-    model = trainer.model
-    ctx = model.encode(inputs)
-    text = model.vlm.config.text_config
-    head = KeyframeHead(text.num_key_value_heads, text.head_dim)
-    image_tokens = (inputs["mm_token_type_ids"] == 1) & ctx.attention_mask
-    keyframe_loss(head, ctx.keys[-1], ctx.values[-1], image_tokens, sample["keyframe"][None]).backward()
+    samples = [trainer.train_set[(0, i, 0)] for i in (0, 7)]
+    inputs = trainer.train_set.processor.collate([s["inputs"] for s in samples])
+    objective, model = trainer.wrapped, trainer.model
+    model.encode(inputs)
+    merged = objective._vision_out.pop()
+    tokens, mask = view_tokens(merged, inputs["image_grid_thw"], 2, batch=2)
+    assert tokens.shape[:2] == (2, len(CAMS)) and bool(mask.all())
+    assert torch.equal(tokens[1, 0, : mask.shape[-1]], merged[mask.shape[-1] * len(CAMS) :][: mask.shape[-1]])
+    target = torch.stack([s["keyframe"] for s in samples])
+    from xr0.keyframes import keyframe_loss
+
+    keyframe_loss(objective.keyframe_head, tokens, mask, target).backward()
     vision = [p for n, p in model.named_parameters() if n.startswith("vlm.model.visual.") and p.requires_grad]
-    assert vision and sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in vision) == len(vision)
-    with pytest.raises(ValueError, match="at least one camera view"):
-        keyframe_loss(
-            head, ctx.keys[-1], ctx.values[-1], torch.zeros_like(image_tokens), sample["keyframe"][None]
-        )
+    moved = [
+        n
+        for n, p in model.named_parameters()
+        if n.startswith("vlm.model.visual.") and p.grad is not None and bool(p.grad.abs().sum() > 0)
+    ]
+    # every vision parameter on the path to the merged tokens (the DeepStack mergers feed the LM only)
+    assert vision and set(moved) == {
+        n
+        for n, p in model.named_parameters()
+        if n.startswith("vlm.model.visual.") and p.requires_grad and "deepstack" not in n
+    }
     with pytest.raises(ValueError, match="keyframe_loss_weight needs the VLM trained"):
         config(store, mode="frozen-vlm", keyframe_loss_weight=1.0)
