@@ -36,12 +36,13 @@ import torch
 from recording.reader import EpisodeStore, SampleIndex
 from recording.schema import StoreError
 from xr0.augment import AugmentConfig, augment_views, drops_state, noisy_state
-from xr0.keyframes import next_keyframes, robot_dims
+from xr0.keyframes import next_keyframes
 from xr0.policy import (
     PRIVILEGED_DIMS,
     STATE_DIM,
     VIEW_LABELS,
     XR0_INDEX,
+    from_xr0,
     robot_to_model_actions,
     state_vector,
 )
@@ -407,9 +408,8 @@ class TrainingSamples(torch.utils.data.Dataset):
     ) -> None:
         self.sources = list(sources)
         self.privileged = tuple(privileged)
-        self.keyframes = (
-            keyframes  # add "keyframe": the normalised state at the next keyframe (xr0.keyframes)
-        )
+        # add "keyframe": the normalised state at the next keyframe (xr0.keyframes)
+        self.keyframes = keyframes
         self._episode_keyframes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.processor = processor
         self.cameras = tuple(cameras)
@@ -464,7 +464,7 @@ class TrainingSamples(torch.utils.data.Dataset):
             cached = next_keyframes(store.get(episode, ACTION_KEY)), store.get(episode, STATE_KEY)
             self._episode_keyframes[(k, episode)] = cached
         ticks, states = cached
-        return robot_dims(model_state(self.processor, self.robot_type, states[ticks[t]])[0])
+        return from_xr0(model_state(self.processor, self.robot_type, states[ticks[t]])[0])
 
 
 class Collate:

@@ -45,11 +45,6 @@ def next_keyframes(actions: np.ndarray) -> np.ndarray:
     return events[np.searchsorted(events, ticks, side="right").clip(max=len(events) - 1)]
 
 
-def robot_dims(state32: torch.Tensor) -> torch.Tensor:
-    """(..., 32) model state → (..., 14) robot dims (the keyframe target's layout)."""
-    return state32[..., list(XR0_INDEX)]
-
-
 class KeyframeHead(nn.Module):
     """Per-view attention pooling over the vision tower's merged tokens → (B, 14) keyframe state."""
 

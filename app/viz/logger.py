@@ -452,9 +452,8 @@ class RerunLogger:
 
 
 # -- Rerun in a process of its own ------------------------------------------------------------------------------
-STARTUP_TIMEOUT_S = (
-    120.0  # importing rerun and opening the sink in a fresh interpreter (seconds on a busy CPU)
-)
+# Importing rerun and opening the sink in a fresh interpreter takes seconds on a busy CPU.
+STARTUP_TIMEOUT_S = 120.0
 
 
 class RerunProcess:

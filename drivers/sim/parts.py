@@ -95,9 +95,7 @@ class SimCamera:
         pass
 
     def _frame(self) -> Frame:
-        self.sim.sync()
-        # One frame per physics state: the step counter since the episode start, offset per episode.
-        index = self.sim.episode * 10_000_000 + round(self.sim.time_s / self.sim.model.opt.timestep)
+        index = self._index()
         if self.deferred:
             return Frame(
                 image=None, t_ns=self.sim.capture_ns(), index=index, pixels=lambda: self._render(index)
@@ -106,10 +104,15 @@ class SimCamera:
             image=self.sim.render(self.name, self.width, self.height), t_ns=self.sim.capture_ns(), index=index
         )
 
+    def _index(self) -> int:
+        """The frame index of the physics state now (integrated up to the clock first): one frame per
+        physics state, the step counter since the episode start, offset per episode."""
+        self.sim.sync()
+        return self.sim.episode * 10_000_000 + round(self.sim.time_s / self.sim.model.opt.timestep)
+
     def _render(self, index: int) -> np.ndarray:
         """A deferred frame's pixels: the physics must still be in the state the frame was taken at."""
-        self.sim.sync()
-        now = self.sim.episode * 10_000_000 + round(self.sim.time_s / self.sim.model.opt.timestep)
+        now = self._index()
         if now != index:
             raise DeviceError(
                 f"camera {self.name}: a deferred frame was read after the simulation moved on (frame {index}, "

@@ -144,7 +144,8 @@ def test_a_deferred_camera_renders_at_the_first_read_the_same_frame_or_refuses_o
             assert renders == [] and obs.image_index["cam_high"] >= 0  # taken, not rendered
             image = obs.images["cam_high"]
             assert renders == ["cam_high"] and obs.images["cam_high"] is image  # rendered once, when read
-            assert np.array_equal(image, real_render("cam_high", 64, 48))  # the frame of that physics state
+            # the frame of that physics state: the same render of the same state (the sim caches it per step)
+            assert np.array_equal(image, real_render("cam_high", 64, 48))
             clock.advance(TICK_NS)
             with pytest.raises(
                 DeviceError, match="cam_left_wrist: a deferred frame was read after the simulation"

@@ -350,7 +350,8 @@ def test_bad_stores_are_one_sentence_each(tmp_path):
 
 
 def test_next_keyframe_is_the_next_gripper_switch_or_the_last_tick(sources, proc, store):
-    from xr0.keyframes import next_keyframes, robot_dims
+    from xr0.keyframes import next_keyframes
+    from xr0.policy import from_xr0
 
     actions = np.ones((10, 14))
     actions[3:, 13] = 0.0  # the right gripper closes at tick 3 ...
@@ -362,6 +363,6 @@ def test_next_keyframe_is_the_next_gripper_switch_or_the_last_tick(sources, proc
     episode, t = sources[0].train.locate(2)
     reader = EpisodeStore(str(store))
     tick = next_keyframes(reader.get(episode, "action"))[t]
-    expected = robot_dims(model_state(proc, "aloha", reader.get(episode, "observation.state", tick))[0])
+    expected = from_xr0(model_state(proc, "aloha", reader.get(episode, "observation.state", tick))[0])
     assert torch.equal(ds[(0, 2, 0)]["keyframe"], expected)
     assert "keyframe" not in samples(sources, proc)[(0, 2, 0)]
