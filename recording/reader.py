@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from recording.codecs import register_codecs
+from recording.codecs import ImageCodec, read_shard_chunk, register_codecs
 from recording.schema import (
     COMMITTED,
     EPISODES_GROUP,
@@ -84,6 +84,8 @@ class EpisodeStore:
         self._segments: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()
         self._segments_bytes = 0
         self._segments_limit = int(segment_cache_mb * 2**20)
+        # live-tier image arrays read without zarr's pipeline: (array directory, shard steps, codec)
+        self._shards: dict[tuple[int, str], tuple[Path, int, ImageCodec] | None] = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -197,7 +199,10 @@ class EpisodeStore:
         arr = self.array(episode, key)
         seg = int(arr.chunks[0])
         if seg == 1:
-            return self._read(episode, key, t)
+            direct = self._shard_layout(episode, key, arr)
+            return (
+                self._read(episode, key, t) if direct is None else self._shard_frame(episode, key, t, *direct)
+            )
         c = t // seg
         cached = self._segments.get((episode, key, c))
         if cached is None:
@@ -211,6 +216,53 @@ class EpisodeStore:
         else:
             self._segments.move_to_end((episode, key, c))
         return np.array(cached[t - c * seg])
+
+    def _shard_layout(self, episode: int, key: str, arr: zarr.Array) -> tuple[Path, int, ImageCodec] | None:
+        """How to read one frame of a live-tier image array straight from its shard files (the layout the
+        recorder writes: one-frame chunks of an image codec + crc32c in shards indexed at the end, in a local
+        directory), or None to read through zarr."""
+        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+        from zarr.codecs.sharding import ShardingCodecIndexLocation
+        from zarr.storage import LocalStore
+
+        known = self._shards.get((episode, key), False)
+        if known is not False:
+            return known
+        layout = None
+        codecs = arr.metadata.codecs
+        store = self._root.store
+        if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) and isinstance(store, LocalStore):
+            c = codecs[0]
+            if (
+                [type(x) for x in c.codecs] == [type(c.codecs[0]), Crc32cCodec]
+                and isinstance(c.codecs[0], ImageCodec)
+                and [type(x) for x in c.index_codecs] == [BytesCodec, Crc32cCodec]
+                and getattr(c.index_codecs[0].endian, "value", None) == "little"
+                and c.index_location == ShardingCodecIndexLocation.end
+                and tuple(c.chunk_shape)[0] == 1
+            ):
+                layout = (Path(store.root) / arr.path, int(arr.shards[0]), c.codecs[0])
+        self._shards[(episode, key)] = layout
+        return layout
+
+    def _shard_frame(
+        self, episode: int, key: str, t: int, array_dir: Path, shard_steps: int, codec: ImageCodec
+    ) -> np.ndarray:
+        shape = tuple(self.array(episode, key).shape[1:])
+        try:
+            data = read_shard_chunk(array_dir, t, shard_steps, 1 + len(shape))
+            image = np.zeros(shape, np.uint8) if data is None else codec.decode_image(data)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise StoreError(
+                f"{self.path}: episode {episode}, {key}, steps {t}: the stored data is corrupted ({e}); "
+                f"check with `xr0 dataset validate --dataset {self.path} --deep`"
+            ) from e
+        if image.shape != shape:
+            raise StoreError(
+                f"{self.path}: episode {episode}, {key}, step {t}: decoded a {image.shape} image where "
+                f"{shape} was stored; check with `xr0 dataset validate --dataset {self.path} --deep`"
+            )
+        return image
 
     def storage(self, episode: int) -> dict[str, Any]:
         """How an episode's images are stored: {"tier": "live", codec…} or the archive tier's record."""

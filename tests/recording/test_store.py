@@ -177,6 +177,33 @@ def test_a_corrupted_chunk_is_one_clear_sentence_and_only_that_step_fails(tmp_pa
     assert report.problems == [report.problems[0]] and "step 0 is corrupted" in report.problems[0]
 
 
+@pytest.mark.parametrize("codec", ["png", "jpeg"])
+def test_frames_read_straight_from_shards_equal_zarrs_reads(tmp_path, codec):
+    path = tmp_path / "d.zarr"
+    with StoreWriter(path, make_spec(codec, image_shard_steps=8)) as w:
+        write_episode(w, 13, seed=3)  # the second shard holds 5 of its 8 frames
+    s = EpisodeStore(path)
+    key = "observation.images.cam_high"
+    assert s._shard_layout(0, key, s.array(0, key)) is not None  # the direct path is the one under test
+    via_zarr = zarr.open_array(path / "episodes/episode_000000" / key, mode="r")
+    for t in range(13):
+        assert np.array_equal(s.get(0, key, t), via_zarr[t]), t
+
+
+def test_a_corrupted_shard_index_is_one_clear_sentence(tmp_path):
+    path = tmp_path / "c.zarr"
+    with StoreWriter(path, make_spec(image_shard_steps=8)) as w:
+        write_episode(w, 16, seed=5)
+    shard = path / "episodes/episode_000000/observation.images.cam_high/c/1/0/0/0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # inside the index at the end of the shard
+    shard.write_bytes(bytes(data))
+    s = EpisodeStore(path)
+    assert s.get(0, "observation.images.cam_high", 7).shape == (24, 32, 3)  # the first shard: fine
+    with pytest.raises(StoreError, match=r"episode 0, observation.images.cam_high, steps 9: .*corrupted"):
+        s.get(0, "observation.images.cam_high", 9)
+
+
 def test_a_corrupted_numeric_chunk_is_found_by_the_quick_validation(store):
     chunk = store / "episodes/episode_000001/action/c/0/0"
     data = bytearray(chunk.read_bytes())
