@@ -1,7 +1,8 @@
 """Training-time image augmentation for XR0 (spec §3.3, the [PT] training recipe).
 
 Per sample, one random draw is applied to every view (the views of one observation stay consistent):
-a random crop of `crop_scale` of the height and width, resized back to the original size; then colour
+a random crop of `crop_scale` of the height and width, resized back to the original size (or, in training,
+straight to the model's input size: one resampling instead of two); then colour
 jitter — brightness ±`brightness`, contrast and saturation factors in their ranges — each op applied
 with probability `prob`. Inference never augments: the deploy path sees the frames as they are.
 
@@ -87,20 +88,37 @@ def draw_augment(config: AugmentConfig, rng: np.random.Generator) -> AugmentDraw
     )
 
 
-def _crop_resize(image: np.ndarray, scale: float, offset: tuple[float, float]) -> np.ndarray:
-    from PIL import Image
-
-    h, w = image.shape[:2]
+def _crop_box(shape: tuple[int, ...], scale: float, offset: tuple[float, float]) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the crop of `scale` of each side at `offset`."""
+    h, w = shape[:2]
     ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
     top, left = round(offset[0] * (h - ch)), round(offset[1] * (w - cw))
-    crop = image[top : top + ch, left : left + cw]
-    return np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR))
+    return left, top, left + cw, top + ch
 
 
-def apply_augment(image: np.ndarray, draw: AugmentDraw, config: AugmentConfig) -> np.ndarray:
-    """One H×W×3 uint8 view under a draw → a new H×W×3 uint8 view."""
-    if draw.crop is not None:
-        image = _crop_resize(image, config.crop_scale, draw.crop)
+def apply_augment(
+    image: np.ndarray,
+    draw: AugmentDraw,
+    config: AugmentConfig,
+    size: tuple[int, int] | None = None,
+    resample: int | None = None,
+) -> np.ndarray:
+    """One H×W×3 uint8 view under a draw → a new view: H×W×3, or `size` (height, width) when given.
+
+    With `size` the crop and the resize to the model's input size are one resampling (`resample`, PIL's
+    code, bicubic by default: the image processor's), done before the colour jitter, which then touches
+    a quarter of the pixels at 160×128 from 320×240; without a crop that resize is exactly the one the
+    processor would make, so training and deployment see the same pixels."""
+    from PIL import Image
+
+    box = _crop_box(image.shape, config.crop_scale, draw.crop) if draw.crop is not None else None
+    if size is not None and (box is not None or tuple(size) != image.shape[:2]):
+        mode = Image.BICUBIC if resample is None else resample
+        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), mode, box=box))
+    elif box is not None:
+        left, top, right, bottom = box
+        crop = image[top:bottom, left:right]
+        image = np.asarray(Image.fromarray(crop).resize(image.shape[1::-1], Image.BILINEAR))
     if draw.brightness is None and draw.contrast is None and draw.saturation is None:
         return image
     # The same float32 operations in the same order as the plain formulas in the comments, done in place:
@@ -129,13 +147,21 @@ def apply_augment(image: np.ndarray, draw: AugmentDraw, config: AugmentConfig) -
 
 
 def augment_views(
-    images: Sequence[np.ndarray], config: AugmentConfig, rng: np.random.Generator
+    images: Sequence[np.ndarray],
+    config: AugmentConfig,
+    rng: np.random.Generator,
+    sizes: Sequence[tuple[int, int] | None] | None = None,
+    resample: int | None = None,
 ) -> list[np.ndarray]:
-    """All views of one sample under one draw (views may differ in size: offsets are relative)."""
+    """All views of one sample under one draw (views may differ in size: offsets are relative);
+    `sizes[i]` (height, width): resize view i to it as part of the crop (`apply_augment`)."""
     if not config.enabled:
         return list(images)
     draw = draw_augment(config, rng)
-    return [apply_augment(image, draw, config) for image in images]
+    sizes = sizes if sizes is not None else [None] * len(images)
+    return [
+        apply_augment(image, draw, config, size, resample) for image, size in zip(images, sizes, strict=True)
+    ]
 
 
 def noisy_state(state: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

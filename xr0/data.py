@@ -36,6 +36,7 @@ import torch
 from recording.reader import EpisodeStore, SampleIndex
 from recording.schema import StoreError
 from xr0.augment import AugmentConfig, augment_views, drops_state, noisy_state
+from xr0.images import processed_size
 from xr0.keyframes import next_keyframes
 from xr0.policy import (
     PRIVILEGED_DIMS,
@@ -435,7 +436,10 @@ class TrainingSamples(torch.utils.data.Dataset):
         episode, t = self.sources[k].split(self.split).locate(i)
         images = [store.get(episode, IMAGE_PREFIX + cam, t) for cam in self.cameras]
         if g >= 0:
-            images = augment_views(images, self.augment, np.random.default_rng([self.seed, 3, g]))
+            ip = self.processor.image_processor  # crop and resize to the model's input size in one go
+            sizes = [processed_size(ip, *image.shape[:2]) for image in images]
+            rng = np.random.default_rng([self.seed, 3, g])
+            images = augment_views(images, self.augment, rng, sizes, ip.resample)
         state = store.get(episode, STATE_KEY, t)
         actions, is_pad = store.window(episode, ACTION_KEY, t, self.horizon)
         info = store.info(episode)

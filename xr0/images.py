@@ -30,12 +30,27 @@ def _table(scale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> np.
     return ((values[None, :] - m[:, None]) / s[:, None]).astype(np.float32)  # normalise in float32
 
 
+def processed_size(image_processor, height: int, width: int) -> tuple[int, int]:
+    """(height, width) the image processor resizes an image of this size to (a multiple of 32 pixels within
+    its pixel budget; unchanged when it does not resize)."""
+    ip = image_processor
+    if not ip.do_resize:
+        return height, width
+    size = ip.size
+    return smart_resize(
+        height,
+        width,
+        factor=ip.patch_size * ip.merge_size,
+        min_pixels=size["shortest_edge"],
+        max_pixels=size["longest_edge"],
+    )
+
+
 def image_patches(image_processor, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """H×W×3 uint8 views → (`pixel_values` (N, C·t·p·p) float32, `image_grid_thw` (n_views, 3) int64), equal to
     `image_processor(images=…, return_tensors="pt")` for Qwen's image processors."""
     ip = image_processor
     p, m, tps = ip.patch_size, ip.merge_size, ip.temporal_patch_size
-    size = ip.size
     table = _table(
         float(ip.rescale_factor) if ip.do_rescale else 1.0,
         tuple(float(x) for x in (ip.image_mean if ip.do_normalize else (0.0, 0.0, 0.0))),
@@ -46,13 +61,10 @@ def image_patches(image_processor, images: Sequence[np.ndarray]) -> tuple[torch.
     views, grids = [], []
     for image in images:
         h, w = image.shape[:2]
-        if ip.do_resize:
-            rh, rw = smart_resize(
-                h, w, factor=p * m, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"]
-            )
-            if (rh, rw) != (h, w):
-                image = np.asarray(Image.fromarray(image).resize((rw, rh), resample=ip.resample))
-                h, w = rh, rw
+        rh, rw = processed_size(ip, h, w)
+        if (rh, rw) != (h, w):
+            image = np.asarray(Image.fromarray(image).resize((rw, rh), resample=ip.resample))
+            h, w = rh, rw
         views.append(image)
         grids.append((1, h // p, w // p))
     pixel_values = np.empty((sum(gh * gw for _, gh, gw in grids), 3 * tps * p * p), np.float32)

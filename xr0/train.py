@@ -404,7 +404,11 @@ class Trainer:
         tb = self._tensorboard()
         batches = RankBatches(self.schedule, cfg.batch_size, ctx.rank, ctx.world, self.start_step, cfg.steps)
         loader = make_loader(
-            self.train_set, batches, cfg.data.num_workers, cfg.data.prefetch_factor, ctx.device.type == "cuda"
+            self.train_set,
+            batches,
+            cfg.data.workers(ctx.device.type),
+            cfg.data.prefetch_factor,
+            ctx.device.type == "cuda",
         )
         bar = self._bar()
         t_start = time.monotonic()

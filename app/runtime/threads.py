@@ -137,10 +137,24 @@ def configure_command(command: str, args: Any, config: Any) -> int | None:
     requested = config.runtime.torch_threads
     if command == "train":
         workers = getattr(args, "num_workers", None)
-        workers = config.train.data.num_workers if workers is None else workers
+        if workers is None:
+            data = config.train.data
+            device = getattr(args, "device", None) or config.train.device
+            workers = (
+                data.workers(_train_device_type(device)) if data.num_workers == "auto" else data.num_workers
+            )
         return configure_threads("xr0 train", requested, helpers=workers)
     if command in ("rollout", "eval"):
         return configure_threads(f"xr0 {command}", requested, helpers=1)
     if command in ("serve", "bench"):
         return configure_threads(f"xr0 {command}", requested)
     return None
+
+
+def _train_device_type(device: str) -> str:
+    """Where `xr0 train` with `train.device` computes, "cpu" or "cuda" (auto: a GPU when torch sees one)."""
+    if device != "auto":
+        return "cpu" if device == "cpu" else "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

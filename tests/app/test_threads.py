@@ -70,10 +70,12 @@ def test_commands_count_their_helpers(tmp_path, monkeypatch):
     monkeypatch.setattr(threads, "_STARTED_WITH", None)
     monkeypatch.setattr(threads, "available_cpus", lambda: 8)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    config = load_config()  # train.data.num_workers: 2
-    train = argparse.Namespace(num_workers=None)
+    config = load_config()  # train.data.num_workers: auto (0 on the CPU, 2 on a GPU)
+    assert configure_command("train", argparse.Namespace(num_workers=None, device="cpu"), config) == 8
+    train = argparse.Namespace(num_workers=None, device="cuda")
     assert configure_command("train", train, config) == 6
     assert configure_command("train", argparse.Namespace(num_workers=0), config) == 8
+    assert configure_command("train", argparse.Namespace(num_workers=2), config) == 6
     assert configure_command("rollout", argparse.Namespace(), config) == 7  # the control loop beside
     assert configure_command("serve", argparse.Namespace(), config) == 8
     assert configure_command("record", argparse.Namespace(), config) is None  # no torch compute

@@ -366,3 +366,21 @@ def test_next_keyframe_is_the_next_gripper_switch_or_the_last_tick(sources, proc
     expected = from_xr0(model_state(proc, "aloha", reader.get(episode, "observation.state", tick))[0])
     assert torch.equal(ds[(0, 2, 0)]["keyframe"], expected)
     assert "keyframe" not in samples(sources, proc)[(0, 2, 0)]
+
+
+def test_augmentation_resizes_to_the_model_input_in_the_same_resampling_as_the_processor():
+    from PIL import Image
+
+    from xr0.augment import AugmentDraw, apply_augment
+
+    image = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    cfg = AugmentConfig(crop_scale=0.9)
+    plain = AugmentDraw(crop=None, brightness=None, contrast=None, saturation=None)
+    want = np.asarray(Image.fromarray(image).resize((64, 48), Image.BICUBIC))  # what deployment does
+    assert np.array_equal(apply_augment(image, plain, cfg, (48, 64)), want)
+    assert apply_augment(image, plain, cfg, (96, 128)) is image  # already the input size: untouched
+    cropped = apply_augment(image, AugmentDraw((0.0, 1.0), None, None, None), cfg, (48, 64))
+    right = np.asarray(Image.fromarray(image[:86, 13:]).resize((64, 48), Image.BICUBIC))  # the top-right 90 %
+    # PIL resamples the box from the whole image (the filter reads a pixel or two past the box's edge)
+    assert cropped.shape == (48, 64, 3) and np.abs(cropped.astype(int) - right).mean() < 8
+    assert np.abs(cropped.astype(int) - want).mean() > 2 * np.abs(cropped.astype(int) - right).mean()
