@@ -343,3 +343,16 @@ def test_a_sink_the_logging_process_cannot_open_is_one_sentence(tmp_path):
     (tmp_path / "dir.rrd").mkdir()  # a folder where the file should be
     with pytest.raises(VizError, match=r"could not open .*dir\.rrd"):
         RerunProcess(Sink("file", path=tmp_path / "dir.rrd"), VizConfig())
+
+
+def test_the_logging_process_gives_freed_memory_back_at_once(tmp_path, monkeypatch, capfd):
+    """Rerun's allocator (mimalloc) starts in the logging process with a purge delay of 0; it prints its
+    options when MIMALLOC_VERBOSE is set, so the child's own report is what is checked."""
+    from app.viz.logger import RerunProcess
+
+    monkeypatch.setenv("MIMALLOC_VERBOSE", "1")
+    monkeypatch.delenv("MIMALLOC_PURGE_DELAY", raising=False)
+    logger = RerunProcess(Sink("file", path=tmp_path / "m.rrd"), VizConfig())
+    logger.close()
+    assert logger.error is None
+    assert "option 'purge_delay': 0" in capfd.readouterr().err
