@@ -90,6 +90,8 @@ class EpisodeStore:
 
     def refresh(self) -> None:
         """Re-list the episodes (a recorder may have committed new ones)."""
+        self._arrays.clear()  # an episode may have been rewritten meanwhile (`xr0 dataset compact`)
+        self._shards.clear()
         self._info: dict[int, dict[str, Any]] = {}
         self.partial: list[int] = []
         for index, directory in episode_dirs(self.path).items():
@@ -239,7 +241,10 @@ class EpisodeStore:
                 and [type(x) for x in c.index_codecs] == [BytesCodec, Crc32cCodec]
                 and getattr(c.index_codecs[0].endian, "value", None) == "little"
                 and c.index_location == ShardingCodecIndexLocation.end
-                and tuple(c.chunk_shape)[0] == 1
+                and tuple(c.chunk_shape) == (1, *arr.shape[1:])
+                and tuple(arr.shards[1:]) == tuple(arr.shape[1:])
+                and arr.metadata.chunk_key_encoding.to_dict()
+                == {"name": "default", "configuration": {"separator": "/"}}
             ):
                 layout = (Path(store.root) / arr.path, int(arr.shards[0]), c.codecs[0])
         self._shards[(episode, key)] = layout

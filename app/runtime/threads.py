@@ -153,8 +153,11 @@ def configure_command(command: str, args: Any, config: Any) -> int | None:
 
 def _train_device_type(device: str) -> str:
     """Where `xr0 train` with `train.device` computes, "cpu" or "cuda" (auto: a GPU when torch sees one)."""
-    if device != "auto":
-        return "cpu" if device == "cpu" else "cuda"
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.device(device).type
+    except (RuntimeError, ValueError):  # not a device: the trainer says so in one sentence
+        return "cpu"

@@ -190,6 +190,19 @@ def test_frames_read_straight_from_shards_equal_zarrs_reads(tmp_path, codec):
         assert np.array_equal(s.get(0, key, t), via_zarr[t]), t
 
 
+def test_a_shard_chunk_never_written_reads_as_none_like_zarrs_fill_value(tmp_path):
+    from recording.codecs import chunk_file, read_shard_chunk, shard_bytes, with_checksum
+
+    array_dir = tmp_path / "a"
+    chunk_file(array_dir, 0, 4).parent.mkdir(parents=True)
+    chunk_file(array_dir, 0, 4).write_bytes(
+        shard_bytes([with_checksum(b"one"), None, with_checksum(b"three")])
+    )
+    got = [read_shard_chunk(array_dir, t, 3, 4) for t in range(3)]
+    assert got == [b"one", None, b"three"]
+    assert read_shard_chunk(array_dir, 3, 3, 4) is None  # shard 1 was never written
+
+
 def test_a_corrupted_shard_index_is_one_clear_sentence(tmp_path):
     path = tmp_path / "c.zarr"
     with StoreWriter(path, make_spec(image_shard_steps=8)) as w:
