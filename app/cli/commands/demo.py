@@ -11,7 +11,7 @@
     policy on the same seeds;
 (d) report: the table, the loss and vision-dependence figures, every artefact, and what to try next.
 
-`--quick` is a ~2-minute smoke version; `--full` trains on 50 demonstrations for 6000 steps (rung (c) of
+`--quick` is a ~2-minute smoke version; `--full` trains on 50 demonstrations for 8000 steps (rung (c) of
 the diagnostics ladder in docs/eval.md; its measured result is in docs/benchmarks.md). Every recipe trains
 with what made the image rung look: absolute joint targets, state dropout, the episodes' starts drawn 5×
 as often and the keyframe loss (docs/training.md). Every stage can be skipped or pointed at existing artefacts. A second run
@@ -76,7 +76,7 @@ RECIPES = {
         episodes=2, steps=20, eval_episodes=2, minutes=2, max_pixels=4096, val_episodes=0, eval_seconds=4
     ),
     "default": Recipe(episodes=12, steps=1000, eval_episodes=10, minutes=10),
-    "full": Recipe(episodes=60, steps=6000, eval_episodes=50, minutes=80, val_episodes=10),
+    "full": Recipe(episodes=60, steps=8000, eval_episodes=50, minutes=65, val_episodes=10),
 }
 
 
@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (tests, a first look)")
     size.add_argument(
-        "--full", action="store_true", help="the recipe that solves the task (~60 min on 2 cores)"
+        "--full", action="store_true", help="the recipe that solves the task (~65 min on 2 cores, 55 of them training)"
     )
     p.add_argument(
         "--episodes", type=int, default=None, help="demonstrations to record (default: the recipe's)"
@@ -428,6 +428,6 @@ def print_report(report: dict) -> None:
             f"  {prog()} rollout --policy {ckpt} --duration 2m --rerun runs/demo/rollout.rrd   # watch it in Rerun"
         )
     print(
-        f"  {prog()} demo --full                                  # 50 demonstrations, 6000 steps (~80 min)"
+        f"  {prog()} demo --full                                  # 50 demonstrations, 8000 steps (~65 min)"
     )
     print("  docs/eval.md: the diagnostics ladder when a policy fails closed-loop")
