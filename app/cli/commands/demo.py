@@ -84,7 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (tests, a first look)")
     size.add_argument(
-        "--full", action="store_true", help="the recipe that solves the task (~65 min on 2 cores, 55 of them training)"
+        "--full",
+        action="store_true",
+        help="the recipe that solves the task (~65 min on 2 cores, 55 of them training)",
     )
     p.add_argument(
         "--episodes", type=int, default=None, help="demonstrations to record (default: the recipe's)"
