@@ -228,6 +228,14 @@ def with_checksum(data: bytes) -> bytes:
     return data + google_crc32c.value(data).to_bytes(4, "little")
 
 
+def without_checksum(data: bytes, what: str) -> bytes:
+    """`data` less its trailing crc32c (the `with_checksum` format); ValueError naming `what` when it does
+    not match."""
+    if len(data) < 4 or google_crc32c.value(data[:-4]).to_bytes(4, "little") != data[-4:]:
+        raise ValueError(f"{what}'s checksum does not match")
+    return data[:-4]
+
+
 def atomic_write(path: Path, data: bytes | memoryview) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
@@ -270,10 +278,8 @@ def read_shard_chunk(array_dir: Path, step: int, shard_steps: int, ndim: int) ->
         size = os.fstat(fd).st_size
         if size < index_bytes:
             raise ValueError(f"shard {shard} has {size} bytes, fewer than its index's {index_bytes}")
-        tail = os.pread(fd, index_bytes, size - index_bytes)
-        if google_crc32c.value(tail[:-4]).to_bytes(4, "little") != tail[-4:]:
-            raise ValueError(f"shard {shard}'s index checksum does not match")
-        offset, nbytes = (int(v) for v in np.frombuffer(tail, "<u8", 2, 16 * i))
+        index = without_checksum(os.pread(fd, index_bytes, size - index_bytes), f"shard {shard}'s index")
+        offset, nbytes = (int(v) for v in np.frombuffer(index, "<u8", 2, 16 * i))
         if offset == _EMPTY and nbytes == _EMPTY:
             return None
         if nbytes < 4 or offset + nbytes > size - index_bytes:
@@ -281,9 +287,9 @@ def read_shard_chunk(array_dir: Path, step: int, shard_steps: int, ndim: int) ->
         data = os.pread(fd, nbytes, offset)
     finally:
         os.close(fd)
-    if len(data) != nbytes or google_crc32c.value(data[:-4]).to_bytes(4, "little") != data[-4:]:
-        raise ValueError(f"step {step}'s chunk checksum does not match")
-    return data[:-4]
+    if len(data) != nbytes:
+        raise ValueError(f"shard {shard} ends inside step {step}'s chunk")
+    return without_checksum(data, f"step {step}'s chunk")
 
 
 def numeric_compressor(itemsize: int) -> BloscCodec:
@@ -323,8 +329,4 @@ def write_segment_chunk(array_dir: Path, chunk: int, segment: bytes) -> None:
 
 def read_segment_chunk(array_dir: Path, chunk: int) -> bytes:
     """The encoded segment of chunk `chunk`; ValueError when its checksum does not match."""
-    data = segment_chunk_path(array_dir, chunk).read_bytes()
-    inner, stored = data[:-4], data[-4:]
-    if len(data) < 4 or google_crc32c.value(inner).to_bytes(4, "little") != stored:
-        raise ValueError("the segment's checksum does not match")
-    return inner
+    return without_checksum(segment_chunk_path(array_dir, chunk).read_bytes(), "the segment")

@@ -175,10 +175,13 @@ class EpisodeStore:
         try:
             return np.asarray(arr[selection])
         except (ValueError, RuntimeError, OSError, TypeError) as e:
-            raise StoreError(
-                f"{self.path}: episode {episode}, {key}, steps {_describe(selection)}: the stored data is "
-                f"corrupted ({e}); check with `xr0 dataset validate --dataset {self.path} --deep`"
-            ) from e
+            raise self._corrupted(episode, key, _describe(selection), e) from e
+
+    def _corrupted(self, episode: int, key: str, steps: str, e: Exception) -> StoreError:
+        return StoreError(
+            f"{self.path}: episode {episode}, {key}, steps {steps}: the stored data is corrupted ({e}); "
+            f"check with `xr0 dataset validate --dataset {self.path} --deep`"
+        )
 
     def get(self, episode: int, key: str, steps: int | slice = slice(None)) -> np.ndarray:
         """Steps of one array of one episode, decoding only the chunks they fall in."""
@@ -258,10 +261,7 @@ class EpisodeStore:
             data = read_shard_chunk(array_dir, t, shard_steps, 1 + len(shape))
             image = np.zeros(shape, np.uint8) if data is None else codec.decode_image(data)
         except (ValueError, RuntimeError, OSError) as e:
-            raise StoreError(
-                f"{self.path}: episode {episode}, {key}, steps {t}: the stored data is corrupted ({e}); "
-                f"check with `xr0 dataset validate --dataset {self.path} --deep`"
-            ) from e
+            raise self._corrupted(episode, key, str(t), e) from e
         if image.shape != shape:
             raise StoreError(
                 f"{self.path}: episode {episode}, {key}, step {t}: decoded a {image.shape} image where "

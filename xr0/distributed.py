@@ -43,10 +43,16 @@ class DistContext:
         return self.world > 1
 
 
+def device_name(name: str) -> str:
+    """`train.device` with `auto` resolved: cuda when a GPU is visible, else cpu."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto`: cuda:LOCAL_RANK when a GPU is visible, else cpu; `cuda` gets the local rank's GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = device_name(name)
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -155,9 +155,9 @@ def _train_device_type(device: str) -> str:
     """Where `xr0 train` with `train.device` computes, "cpu" or "cuda" (auto: a GPU when torch sees one)."""
     import torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    from xr0.distributed import device_name
+
     try:
-        return torch.device(device).type
+        return torch.device(device_name(device)).type
     except (RuntimeError, ValueError):  # not a device: the trainer says so in one sentence
         return "cpu"

@@ -376,7 +376,8 @@ def test_augmentation_resizes_to_the_model_input_in_the_same_resampling_as_the_p
     image = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     cfg = AugmentConfig(crop_scale=0.9)
     plain = AugmentDraw(crop=None, brightness=None, contrast=None, saturation=None)
-    want = np.asarray(Image.fromarray(image).resize((64, 48), Image.BICUBIC))  # what deployment does
+    # what deployment does; exact equality below compares the same PIL resampling of the same pixels
+    want = np.asarray(Image.fromarray(image).resize((64, 48), Image.BICUBIC))
     assert np.array_equal(apply_augment(image, plain, cfg, (48, 64)), want)
     assert apply_augment(image, plain, cfg, (96, 128)) is image  # already the input size: untouched
     cropped = apply_augment(image, AugmentDraw((0.0, 1.0), None, None, None), cfg, (48, 64))
