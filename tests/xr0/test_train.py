@@ -24,7 +24,7 @@ from xr0.distributed import check_batch
 from xr0.model import create_model
 from xr0.objective import draw_prefix_length, draw_step, step_generator
 from xr0.policy import XR0Policy, XR0PolicyConfig
-from xr0.train import Trainer, lr_at, param_groups
+from xr0.train import Trainer, ema_decay_at, lr_at, param_groups
 from xr0.train_config import DataConfig, TrainConfig
 from xr0.train_state import read_jsonl
 
@@ -164,6 +164,34 @@ def test_ema_weights_are_the_checkpoint_and_resume_exactly(store, tmp_path):
     raw = load_file(a / "last" / "resume" / "trainable.safetensors")
     assert all(torch.equal(weights[k], ema[k]) for k in ema)  # the policy gets the EMA weights
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+
+
+def test_ema_warm_up_forgets_the_random_initialisation():
+    # a fixed 0.999 kept 37 % of the random weights after 1000 steps: short runs deployed a blend with noise
+    decays = [ema_decay_at(step, 0.999) for step in range(20_000)]
+    assert decays[0] == 0.1 and max(decays) == 0.999  # 1/10 is one correctly rounded division
+    assert all(a <= b for a, b in zip(decays, decays[1:], strict=False))
+    assert float(np.prod(decays[:20])) < 1e-4  # the initialisation's share of the EMA after 20 steps
+    assert ema_decay_at(50, 0.5) == 0.5 and ema_decay_at(5, 0.5) == 0.4  # 6/15: the warm-up is lower
+
+
+def test_evaluation_sees_the_ema_weights_and_training_goes_on_with_the_raw_ones(store, tmp_path):
+    runs = {}
+    for every in (0, 2):
+        t = Trainer(
+            config(store, steps=4, ema_decay=0.5, eval_every=every), tmp_path / f"e{every}", progress=False
+        )
+        t.run()
+        runs[every] = t
+    t = runs[2]
+    raw = {n: p.detach().clone() for n, p in t.params.items()}
+    with t._ema_weights():
+        assert all(torch.equal(p, t.ema[n].to(p.dtype)) for n, p in t.params.items())
+    assert all(torch.equal(p, raw[n]) for n, p in t.params.items())
+    assert any(not torch.equal(raw[n], t.ema[n]) for n in raw)
+    # the same run with and without evaluations (same ops, same machine): identical weights
+    for n, p in runs[0].params.items():
+        assert torch.equal(p, t.params[n]) and torch.equal(runs[0].ema[n], t.ema[n]), n
 
 
 # -- `xr0 train`: kill and resume ------------------------------------------------------------------------------
