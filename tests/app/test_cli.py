@@ -134,7 +134,9 @@ def test_demo_quick_runs_the_whole_loop_twice_and_its_report_matches_the_artefac
     assert report["record"]["episodes"] == len(store.episodes) == 2
     assert report["record"]["successes"] == 2  # the scripted demonstrations succeed
     assert report["train"]["summary"]["steps"] == 20 and report["train"]["summary"]["stop"] == "steps"
-    assert (out_dir / "train" / "last" / "deploy.json").exists()
+    deploy = json.loads((out_dir / "train" / "last" / "deploy.json").read_text())
+    assert store.image_keys == ["observation.images.cam_high"]  # the quick recipe: the top camera only
+    assert [c["name"] for c in deploy["cameras"]] == ["cam_high"]  # trained on it, and says so
     rows = report["eval"]["rows"]
     assert list(rows) == ["learned (tiny XR0)", "scripted demonstrator", "random policy"]
     assert rows["scripted demonstrator"]["ran"] == 2
@@ -146,6 +148,16 @@ def test_demo_quick_runs_the_whole_loop_twice_and_its_report_matches_the_artefac
     out = capsys.readouterr().out
     assert "reusing the finished training run" in out and "reusing" in out.split("(b)")[0]
     assert json.loads((out_dir / "report.json").read_text())["train"].get("reused") is True
+
+
+def test_demo_refuses_a_store_of_other_cameras_naming_both(small_config, tmp_path, capsys):
+    from tests.xr0.test_data import make_store
+
+    dataset = make_store(tmp_path / "two.zarr", lengths=(10,), cameras=("cam_high", "cam_left_wrist"))
+    argv = ["demo", "--quick", "--config", str(small_config), "--dataset", str(dataset)]
+    assert main([*argv, "--out", str(tmp_path / "demo"), "--skip-train", "--skip-eval"]) != 0
+    err = capsys.readouterr().err
+    assert "holds the cameras cam_high, cam_left_wrist; this demo records cam_high" in err
 
 
 def test_doctor_runs_and_prints_one_line_per_check(small_config, capsys):
