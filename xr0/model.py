@@ -240,9 +240,8 @@ class XR0Model(nn.Module):
         )
         use_official_vision(self.vlm)  # the vision tower as the official recipe (4.57.1) computes it
         d = config.dit_config
-        # the text layer whose KV cache DiT layer 0 reads (config.first_cached_layer builds a transformers
-        # config each time: ~12 ms, once per chunk and per training step if read in `encode`)
-        self.first_cached_layer = qwen.text_config.num_hidden_layers - d.num_hidden_layers
+        # read once: the config's property builds a transformers config per call (~12 ms per chunk in `encode`)
+        self.first_cached_layer = config.first_cached_layer
         self.dit = DiT(d)
         self.state_projector = Projector(config.state_dim, d.hidden_size)
         self.action_projector = Projector(config.action_dim, d.hidden_size)
