@@ -63,6 +63,11 @@ class VizConfig:
     # live viewers). Every chunk costs bytes in the file and memory in the logging process: at 2 s a loop's
     # .rrd is half as large or less and the process grows far more slowly (docs/runner.md, "The Rerun view").
     file_flush_seconds: float = 2.0
+    # FILE.rrd only: end the file with Rerun's footer (a manifest of every chunk, for fast random access).
+    # The SDK keeps that manifest in memory until the file closes, so the logging process grew for as long
+    # as a session lasted (+35.5 % over a 30-minute soak; without the footer −1.3 %, docs/benchmarks.md).
+    # Off by default: the file is complete and valid without it; `rerun rrd optimize IN -o OUT` adds one.
+    file_footer: bool = False
     # Log from a process of its own (`RerunProcess`): Rerun's SDK, its memory (which grows while it writes
     # a file) and its CPU stay out of the control process; if that process dies, the loop goes on. false:
     # a thread of the control process (`RerunLogger`).
@@ -276,7 +281,7 @@ class RerunLogger:
         self.rec = rr.RecordingStream(app_id, batcher_config=batcher)
         bp = blueprint(cameras or [], with_chunks)
         if sink.kind == "file":
-            self.rec.save(str(sink.path), default_blueprint=bp)
+            self.rec.save(str(sink.path), default_blueprint=bp, write_footer=config.file_footer)
         elif sink.kind == "spawn":
             self.rec.spawn(memory_limit=config.memory_limit, default_blueprint=bp)
         elif sink.kind == "web":
@@ -561,12 +566,17 @@ def _describe(sink: Sink) -> str:
     return str(sink.path) if sink.kind == "file" else f"the {sink.kind} viewer"
 
 
-# Rerun's native code allocates with mimalloc, which by default holds freed pages for a while before it
-# hands them back: the logging process's RSS crept up for as long as it ran (130 → 173 MB over 54 000 ticks
-# of the scalars alone; +68 % over a 30-minute soak with cameras). Purging at once (delay 0) kept it flat
-# (125 → 126–138 MB over 18 000 ticks; docs/benchmarks.md, "Ninth session"). Set in the logging process
-# before it imports rerun (mimalloc reads its options when the library loads); an operator's own value wins.
-RERUN_ALLOCATOR_ENV = {"MIMALLOC_PURGE_DELAY": "0"}
+# Set in the logging process before it imports rerun (an operator's own values win):
+# - Rerun's native code allocates with mimalloc, which by default holds freed pages for a while before it
+#   hands them back: the logging process's RSS crept up for as long as it ran (130 → 173 MB over 54 000
+#   ticks of the scalars alone). Purging at once (delay 0) kept it flat (125 → 126–138 MB over 18 000 ticks;
+#   docs/benchmarks.md, "Ninth session"). mimalloc reads its options when the library loads.
+# - A file sink without a footer (`file_footer: false`) warns on every open; the choice is ours and
+#   documented, so that one warning is filtered (Rerun's other warnings stay).
+RERUN_PROCESS_ENV = {
+    "MIMALLOC_PURGE_DELAY": "0",
+    "RUST_LOG": "warn,re_log_encoding::rrd::file_sink=error",
+}
 
 
 def _logging_process(
@@ -583,7 +593,7 @@ def _logging_process(
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the control process's: it closes us in order
-    for name, value in RERUN_ALLOCATOR_ENV.items():
+    for name, value in RERUN_PROCESS_ENV.items():
         os.environ.setdefault(name, value)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

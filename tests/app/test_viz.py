@@ -267,11 +267,11 @@ def test_summary_figure_without_successes_starts_its_axis_at_zero_and_states_the
     plt.close(fig)
 
 
-def _logged_ticks(rrd: Path, flush_s: float, ticks: int = 40) -> None:
+def _logged_ticks(rrd: Path, flush_s: float, ticks: int = 40, footer: bool = False) -> None:
     from app.runtime.events import StepEvent
     from drivers.robot import Observation
 
-    logger = RerunLogger(Sink("file", path=rrd), VizConfig(file_flush_seconds=flush_s))
+    logger = RerunLogger(Sink("file", path=rrd), VizConfig(file_flush_seconds=flush_s, file_footer=footer))
     for k in range(ticks):  # 1.2 s of a 30 Hz loop, no cameras
         s = np.sin(k / 30 + np.arange(14))
         obs = Observation(s, None, None, k * 33_333_333, {}, {}, {})
@@ -287,6 +287,27 @@ def test_a_rrd_file_gets_few_large_chunks_as_configured(tmp_path):
     _logged_ticks(tmp_path / "fast.rrd", flush_s=0.1)
     assert len(columns(tmp_path / "slow.rrd")["/arms/left/measured"]) == 1  # flushed once, at close
     assert len(columns(tmp_path / "fast.rrd")["/arms/left/measured"]) > 3
+
+
+def test_a_rrd_file_has_no_footer_unless_asked_and_reads_the_same_either_way(tmp_path):
+    """Rerun's SDK holds the footer's manifest (an entry per written chunk) in memory until the file
+    closes, so a long session's logging process grew without bound; the default writes none."""
+    import warnings
+
+    assert VizConfig().file_footer is False
+    _logged_ticks(tmp_path / "plain.rrd", flush_s=0.1)
+    _logged_ticks(tmp_path / "footer.rrd", flush_s=0.1, footer=True)
+
+    def footerless(path: Path) -> bool:  # Rerun's reader says so when a file has no manifest
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            RrdReader(path)
+        return any("no footer" in str(w.message) for w in caught)
+
+    assert footerless(tmp_path / "plain.rrd") and not footerless(tmp_path / "footer.rrd")
+    plain, indexed = columns(tmp_path / "plain.rrd"), columns(tmp_path / "footer.rrd")
+    assert set(plain) == set(indexed)
+    assert np.vstack(plain["/arms/left/measured"]).shape == np.vstack(indexed["/arms/left/measured"]).shape
 
 
 def test_a_bad_file_flush_interval_is_named():
