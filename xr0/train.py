@@ -255,7 +255,7 @@ class Trainer:
             add_adapters(model, cfg.lora, seed=cfg.seed)
             vision_grads = adapts_vision(cfg.lora)
         set_trainable(model, cfg.mode)
-        if vision_grads and cfg.gradient_checkpointing:
+        if vision_grads and cfg.checkpointing(ctx.device.type):
             model.vlm.model.visual.activation_checkpointing_enable({"use_reentrant": False})
         model.train()
         if cfg.mode == "frozen-vlm":
@@ -290,7 +290,8 @@ class Trainer:
         )
         self.wrapped = dist_.wrap(objective, self.strategy, ctx)
         self.params = _trainable(objective)
-        fused = ctx.device.type == "cuda" and self.strategy != "fsdp"
+        # torch's fused AdamW (CUDA and CPU kernels): one pass over all tensors instead of a loop over them
+        fused = ctx.device.type in ("cuda", "cpu") and self.strategy != "fsdp"
         if cfg.precision == "bf16-weights":
             from xr0.optim import MasterWeightAdamW
 
@@ -363,7 +364,7 @@ class Trainer:
             )
         info = json.loads((self.resume_from / TRAINING_INFO).read_text())
         free = {"steps", "max_minutes", "log_every", "eval_every", "save_every", "keep_checkpoints", "device",
-                "num_workers", "prefetch_factor", "eval_samples"}  # fmt: skip
+                "num_workers", "prefetch_factor", "eval_samples", "gradient_checkpointing"}  # fmt: skip
 
         def relevant(cfg: dict[str, Any]) -> dict[str, Any]:
             flat = {**{k: v for k, v in cfg.items() if k != "data"}, **cfg.get("data", {})}
@@ -518,8 +519,16 @@ class Trainer:
         if self.ema is not None:
             decay = ema_decay_at(step, cfg.ema_decay)
             with torch.no_grad():
+                # fp32 weights: one foreach call instead of a Python loop of lerps; low-precision weights
+                # (bf16-weights) one at a time, so that only one fp32 copy of a weight exists at once
+                same = [n for n, p in self.params.items() if p.dtype == self.ema[n].dtype]
+                if same:
+                    torch._foreach_lerp_(
+                        [self.ema[n] for n in same], [self.params[n].detach() for n in same], 1 - decay
+                    )
                 for name, p in self.params.items():
-                    self.ema[name].lerp_(p.detach().float(), 1 - decay)
+                    if p.dtype != self.ema[name].dtype:
+                        self.ema[name].lerp_(p.detach().float(), 1 - decay)
         return loss, stats
 
     @contextlib.contextmanager

@@ -141,7 +141,7 @@ class TrainConfig:
     # because you named it). Released checkpoints switch to the post-training mask (`dit_mask`).
     init: str = "tiny"
     # frozen-vlm: train the action head only (cheap; for a pre-trained VLM); full: everything but the input
-    # embeddings, gradient checkpointing on the vision tower; lora: low-rank adapters on the VLM's
+    # embeddings (gradient checkpointing on the vision tower on a GPU); lora: low-rank adapters on the VLM's
     # projections (`lora`) plus the whole action head, checkpoints merged into the plain layout.
     # auto: full for a new random model (a frozen *random* vision model cannot learn to see), frozen-vlm
     # from a checkpoint or a Hub id.
@@ -195,8 +195,9 @@ class TrainConfig:
     # forward and backward in bf16 without autocast, AdamW on fp32 master copies with fp32 moments
     # (`xr0.optim`); about half the weight and gradient memory. Not with strategy fsdp.
     precision: Literal["auto", "bf16", "fp32", "bf16-weights"] = "auto"
-    # full mode: recompute the vision tower's activations in backward (saves memory).
-    gradient_checkpointing: bool = True
+    # full mode: recompute the vision tower's activations in backward (saves memory). auto: on a GPU only —
+    # on the CPU memory is plentiful and the recomputation is pure cost (a tiny model's step ~5 % slower).
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
     # With several processes: ddp (replicas) | fsdp (sharded; for `full` on the 4.7 B model) | auto (= ddp).
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     # auto | cpu | cuda | cuda:N (under torchrun each rank takes cuda:LOCAL_RANK).
@@ -259,6 +260,10 @@ class TrainConfig:
             raise ValueError(f"train.prefix_mask_prob must be in [0, 1], got {self.prefix_mask_prob}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not (isinstance(self.gradient_checkpointing, bool) or self.gradient_checkpointing == "auto"):
+            raise ValueError(
+                f"train.gradient_checkpointing must be auto, true or false, got {self.gradient_checkpointing!r}"
+            )
         if self.freq_loss_weight < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("train.freq_loss_weight, weight_decay and grad_clip must be >= 0")
         if self.keyframe_loss_weight < 0:
@@ -281,3 +286,9 @@ class TrainConfig:
             )
         if self.async_train and self.max_prefix < 1:
             raise ValueError("train.async_train needs max_prefix >= 1")
+
+    def checkpointing(self, device_type: str) -> bool:
+        """Recompute the vision tower in backward (`gradient_checkpointing`, auto resolved: on a GPU only)."""
+        if self.gradient_checkpointing == "auto":
+            return device_type == "cuda"
+        return bool(self.gradient_checkpointing)

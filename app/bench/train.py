@@ -73,7 +73,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 on GPU")
     p.add_argument(
-        "--no-gradient-checkpointing", action="store_true", help="full mode: keep vision activations"
+        "--gradient-checkpointing",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="full mode: recompute the vision tower in backward (auto: on a GPU only, as `xr0 train`)",
     )
 
 
@@ -121,7 +124,11 @@ def _measure(args: argparse.Namespace, mode: str, device: torch.device) -> dict:
         add_adapters(model, lora)
         vision_grads = adapts_vision(lora)
     set_trainable(model, mode)
-    if vision_grads and not args.no_gradient_checkpointing:
+    from xr0.train_config import TrainConfig
+
+    setting = {"auto": "auto", "true": True, "false": False}[args.gradient_checkpointing]
+    checkpointing = vision_grads and TrainConfig(gradient_checkpointing=setting).checkpointing(device.type)
+    if checkpointing:
         model.vlm.model.visual.activation_checkpointing_enable({"use_reentrant": False})
     model.train()
     if mode == "frozen-vlm":
@@ -133,7 +140,7 @@ def _measure(args: argparse.Namespace, mode: str, device: torch.device) -> dict:
         reweight=args.async_train,
     )
     params = [p for p in objective.parameters() if p.requires_grad]
-    fused = device.type == "cuda" or None
+    fused = device.type in ("cuda", "cpu") or None  # as the trainer: torch's fused AdamW kernels
     optimizer = torch.optim.AdamW(param_groups(objective, 0.1), lr=1e-4, betas=(0.9, 0.95), fused=fused)
     autocast = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     mask = processor.get_action_mask("aloha")[0]
@@ -165,6 +172,7 @@ def _measure(args: argparse.Namespace, mode: str, device: torch.device) -> dict:
             times.append((time.perf_counter() - t0) * 1e3)
     counts = parameter_counts(model)
     out = {
+        "gradient_checkpointing": checkpointing,
         "trainable_params": sum(p.numel() for p in params),
         "total_params": counts["total"],
         "step_ms": {

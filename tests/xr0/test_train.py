@@ -194,6 +194,25 @@ def test_evaluation_sees_the_ema_weights_and_training_goes_on_with_the_raw_ones(
         assert torch.equal(p, t.params[n]) and torch.equal(runs[0].ema[n], t.ema[n]), n
 
 
+def test_gradient_checkpointing_is_on_for_a_gpu_only_unless_set(store, tmp_path):
+    """On the CPU the vision tower's recomputation is pure cost (memory is plentiful); a GPU keeps it."""
+    assert TrainConfig().checkpointing("cpu") is False and TrainConfig().checkpointing("cuda") is True
+    assert TrainConfig(gradient_checkpointing=False).checkpointing("cuda") is False
+    for bad in ("yes", 1):
+        with pytest.raises(
+            ValueError, match=f"gradient_checkpointing must be auto, true or false, got {bad!r}"
+        ):
+            TrainConfig(gradient_checkpointing=bad)
+    for setting, expected in (("auto", False), (True, True)):  # this test runs on the CPU
+        t = Trainer(
+            config(store, mode="full", steps=1, gradient_checkpointing=setting),
+            tmp_path / str(setting),
+            progress=False,
+        )
+        t.run()
+        assert t.model.vlm.model.visual.is_activation_checkpointing is expected
+
+
 # -- `xr0 train`: kill and resume ------------------------------------------------------------------------------
 def cli_args(store, out, steps=30) -> list[str]:
     return [

@@ -58,6 +58,10 @@ class Recipe:
     eval_seconds: float = 15.0  # an evaluation episode not done by then is a failure
     cameras: tuple[str, ...] = ()  # recorded and trained on (empty: every camera of the config)
     dataset: str = "datasets/demo.zarr"  # the recipe's store (--dataset overrides)
+    # DiT passes per VLM pass, and whether each gets its own reweighting generation (the official recipe:
+    # 4, yes). 2 with one shared generation makes a step ~1.4× cheaper (docs/benchmarks.md, "Eleventh session")
+    training_repeat: int = 4
+    reweight_per_copy: bool = True
 
 
 # Training options of every recipe: absolute joint targets, state dropout 0.3, the first 2 s of each
@@ -78,9 +82,13 @@ LOOKING = [
 # does): recording is ~2.5× faster, a training step ~1.3× faster, and the image rung looks ~2× sooner — reach
 # spread 0.51 at 1000 steps against 0.07 with three views (docs/benchmarks.md, "Tenth session").
 TOP = ("cam_high",)
+# Two DiT copies per VLM pass with one shared reweighting generation: a step ~1.4× cheaper than the official
+# four with a generation each; on the default demo's data 36 % of 50 held-out seeds after 4000 steps
+# (docs/benchmarks.md, "Eleventh session"). `--full` keeps the official recipe it was measured with.
+LIGHT_DIT = {"training_repeat": 2, "reweight_per_copy": False}
 RECIPES = {  # Recipe(episodes, steps, eval_episodes, minutes, …)
-    "quick": Recipe(2, 20, 2, 2, max_pixels=4096, val_episodes=0, eval_seconds=4, cameras=TOP),
-    "default": Recipe(episodes=32, steps=1500, eval_episodes=10, minutes=10, cameras=TOP),
+    "quick": Recipe(2, 20, 2, 2, max_pixels=4096, val_episodes=0, eval_seconds=4, cameras=TOP, **LIGHT_DIT),
+    "default": Recipe(episodes=32, steps=2800, eval_episodes=10, minutes=10, cameras=TOP, **LIGHT_DIT),
     "full": Recipe(60, 8000, 50, 65, val_episodes=10, dataset="datasets/demo-full.zarr"),
 }
 
@@ -185,6 +193,8 @@ def train_stage(args: argparse.Namespace, path: Path, out: Path, recipe: Recipe,
     argv += ["--batch-size", "8", "--lr", "1e-3", "--ema", "0.999" if recipe.steps >= 1000 else "0"]
     argv += ["--max-pixels", str(recipe.max_pixels), "--val-episodes", str(recipe.val_episodes)]
     argv += LOOKING  # what made the image rung look (docs/benchmarks.md, "the keyframe loss")
+    argv += ["--training-repeat", str(recipe.training_repeat)]
+    argv += ["--reweight-per-copy" if recipe.reweight_per_copy else "--no-reweight-per-copy"]
     if recipe.cameras:
         argv += ["--cameras", *recipe.cameras]
     argv += ["--eval-every", str(max(recipe.steps, 1)), "--save-every", "0", "--out", str(out)]

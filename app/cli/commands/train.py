@@ -97,6 +97,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
     p.add_argument("--training-repeat", type=int, default=None, help="DiT passes per VLM pass")
+    p.add_argument(
+        "--reweight-per-copy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="async: a reweighting generation per repeated copy (official) or one per sample, shared (cheaper)",
+    )
     p.add_argument("--freq-loss-weight", type=float, default=None, help="frequency loss weight (0 = off)")
     p.add_argument(
         "--keyframe-loss",
@@ -180,6 +186,7 @@ def train_config(args: argparse.Namespace, config: AppConfig) -> TrainConfig:
         "lr": args.lr,
         "warmup_steps": args.warmup_steps,
         "training_repeat": args.training_repeat,
+        "reweight_per_copy": args.reweight_per_copy,
         "freq_loss_weight": args.freq_loss_weight,
         "keyframe_loss_weight": args.keyframe_loss,
         "ema_decay": args.ema,
