@@ -48,8 +48,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trace-memory",
         action="store_true",
-        help="diagnose RSS growth: count the loop process's Python objects by type each minute and report "
-        "the kinds that grew (pauses the loop briefly: lateness figures of such a run do not count)",
+        help="diagnose RSS growth: count the loop process's Python objects by type each minute, trace its "
+        "Python allocations (tracemalloc), and report the kinds and source lines that grew since minute 1 "
+        "(slows every allocation and pauses the loop: lateness figures of such a run do not count)",
     )
 
 
@@ -97,6 +98,7 @@ class MinuteSampler:
         self._sizes = {k: 0.0 for k in files}
         self._threads: list[threading.Thread] = []
         self._snapshot: Any = None
+        self._first: Any = None  # the tracemalloc snapshot compared against (--trace-memory)
         self.trace_memory = False
 
     def _counters(self) -> dict[str, Any]:
@@ -138,6 +140,7 @@ class MinuteSampler:
                 grew = (counts - self._snapshot).most_common(8)
                 row["python_growth"] = {"objects": dict(grew), "ndarray_mb": round(arrays / 2**20, 1)}
             self._snapshot = counts
+            row["python_growth"] = row.get("python_growth", {}) | self._allocations()
         for k, path in self.files.items():
             size = folder_mb(path)
             row[f"{k}_growth_mb"] = round(size - self._sizes[k], 2)
@@ -145,6 +148,30 @@ class MinuteSampler:
         self.rows.append(row)
         self.rows.sort(key=lambda r: r["minute"])
         log.info("minute %d: %s", row["minute"], row)
+
+    def _allocations(self) -> dict:
+        """The source lines whose live Python allocations grew most since the first minute (tracemalloc)."""
+        import tracemalloc
+
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(4)  # frames per allocation: enough to see the caller of a library's allocation
+            return {}
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)]
+        )
+        if self._first is None:
+            self._first = snapshot
+            return {"traced_mb": round(tracemalloc.get_traced_memory()[0] / 2**20, 1)}
+        top = snapshot.compare_to(self._first, "traceback")[:5]
+        return {
+            "traced_mb": round(tracemalloc.get_traced_memory()[0] / 2**20, 1),
+            "lines_kb": {  # "a < b < c": allocated at a, called from b, from c
+                " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(stat.traceback)): round(
+                    stat.size_diff / 1024
+                )
+                for stat in top
+            },
+        }
 
     def on_episode(self, event: EpisodeEvent) -> None:
         pass

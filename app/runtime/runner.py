@@ -37,7 +37,10 @@ from xr0.boundary import Policy, PolicyObservation
 
 log = logging.getLogger(__name__)
 _ARM_JOINTS = np.array([i for i in range(STATE_DIM) if i not in GRIPPER_INDICES])
-SWITCH_HISTORY = 2000  # answered requests kept in `PolicyRunner.switches` (~10 min of chunks at 3 per second)
+# Answered requests kept in `PolicyRunner.switches` (diagnostics and tests read them; the loop does not): each
+# holds its chunk and request (~5.5 KB), so 2000 were ~11 MB that took a 30-minute soak 27 minutes to fill —
+# the loop's whole RSS "creep" (tracemalloc, docs/benchmarks.md "twelfth session"). 300 is 2–4 minutes.
+SWITCH_HISTORY = 300
 
 
 @dataclass(frozen=True)

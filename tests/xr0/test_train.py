@@ -203,9 +203,9 @@ def test_gradient_checkpointing_is_on_for_a_gpu_only_unless_set(store, tmp_path)
             ValueError, match=f"gradient_checkpointing must be auto, true or false, got {bad!r}"
         ):
             TrainConfig(gradient_checkpointing=bad)
-    for setting, expected in (("auto", False), (True, True)):  # this test runs on the CPU
+    for setting, expected in (("auto", False), (True, True)):  # on the CPU, also where a GPU exists
         t = Trainer(
-            config(store, mode="full", steps=1, gradient_checkpointing=setting),
+            config(store, mode="full", steps=1, device="cpu", gradient_checkpointing=setting),
             tmp_path / str(setting),
             progress=False,
         )

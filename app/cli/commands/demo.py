@@ -83,8 +83,9 @@ LOOKING = [
 # spread 0.51 at 1000 steps against 0.07 with three views (docs/benchmarks.md, "Tenth session").
 TOP = ("cam_high",)
 # Two DiT copies per VLM pass with one shared reweighting generation: a step ~1.4× cheaper than the official
-# four with a generation each; on the default demo's data 36 % of 50 held-out seeds after 4000 steps
-# (docs/benchmarks.md, "Eleventh session"). `--full` keeps the official recipe it was measured with.
+# four with a generation each; on the default demo's data 16 % of 50 held-out seeds after the default's 2800
+# steps, 36 % after 4000 (docs/benchmarks.md, "Eleventh session"). The recipe pins both (config.yaml's
+# `train.training_repeat` does not apply to the demo); `--full` keeps the official recipe it was measured with.
 LIGHT_DIT = {"training_repeat": 2, "reweight_per_copy": False}
 RECIPES = {  # Recipe(episodes, steps, eval_episodes, minutes, …)
     "quick": Recipe(2, 20, 2, 2, max_pixels=4096, val_episodes=0, eval_seconds=4, cameras=TOP, **LIGHT_DIT),
