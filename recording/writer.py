@@ -18,6 +18,7 @@ mark). `discard` renames the episode away in one step, then deletes it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -352,6 +353,45 @@ class StoreWriter:
     def update_root(self, attrs: Mapping[str, Any]) -> None:
         """Change store-level attributes (e.g. normalisation stats), atomically."""
         self.root.update_attributes(dict(attrs))
+
+    def adopt(self, source: str | Path) -> list[int]:
+        """Move the committed episodes of another store of the same set-up into this one, after its last
+        episode and in the source's order; remove the source once it holds no episode. Returns the new
+        indices (e.g. `xr0 demo` records half its demonstrations in a second process into a side store).
+
+        Each episode moves by one directory rename on the same filesystem, so a crash at any point leaves
+        every episode whole in exactly one of the two stores. Its `index` attribute is rewritten in the
+        source first (the store being emptied). Partial episodes stay where they are (repair that store,
+        then adopt it again)."""
+        source = Path(source)
+        with StoreWriter(source, fsync=self.fsync, allow_partial=True, role="adopt") as src:
+            diff = src.spec.difference(self.spec)
+            if diff:
+                raise StoreError(f"dataset {source} does not match {self.path}: {diff}")
+            moved = []
+            for i, directory in episode_dirs(source).items():
+                if _status(directory) != COMMITTED:
+                    continue
+                n = self.next_index
+                src.root[f"{EPISODES_GROUP}/{episode_name(i)}"].update_attributes({"index": n})
+                target = self.path / EPISODES_GROUP / episode_name(n)
+                try:
+                    os.rename(directory, target)
+                except OSError as e:
+                    if e.errno == errno.EXDEV:
+                        raise StoreError(
+                            f"dataset {source} is on another filesystem than {self.path}; episodes move "
+                            "between stores by renaming"
+                        ) from None
+                    raise
+                moved.append(n)
+            if self.fsync and moved:
+                for folder in (source / EPISODES_GROUP, self.path / EPISODES_GROUP):
+                    fsync_file(folder)
+            empty = not episode_dirs(source)
+        if empty:
+            shutil.rmtree(source, ignore_errors=True)
+        return moved
 
 
 def _status(directory: Path) -> str | None:

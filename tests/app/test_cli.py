@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.cli.commands.bench import BENCHES
@@ -148,6 +149,37 @@ def test_demo_quick_runs_the_whole_loop_twice_and_its_report_matches_the_artefac
     out = capsys.readouterr().out
     assert "reusing the finished training run" in out and "reusing" in out.split("(b)")[0]
     assert json.loads((out_dir / "report.json").read_text())["train"].get("reused") is True
+
+
+@pytest.mark.slow
+def test_demo_records_in_two_processes_the_store_one_process_records(
+    small_config, tmp_path, monkeypatch, capsys
+):
+    from app.cli.commands import demo
+    from recording.integrity import validate
+    from recording.reader import EpisodeStore
+
+    monkeypatch.setattr(demo, "EPISODES_PER_PROCESS", 1)  # two demonstrations are enough to split
+    stores = {}
+    for jobs in (2, 1):
+        stores[jobs] = path = tmp_path / f"jobs{jobs}" / "demo.zarr"
+        path.parent.mkdir()
+        argv = ["demo", "--quick", "--episodes", "2", "--jobs", str(jobs), "--skip-train", "--skip-eval"]
+        assert (
+            main([*argv, "--config", str(small_config), "--out", str(path.parent), "--dataset", str(path)])
+            == 0
+        )
+    assert "in 2 processes" in capsys.readouterr().out
+    split, single = EpisodeStore(stores[2]), EpisodeStore(stores[1])
+    assert split.episodes == single.episodes == [0, 1]
+    assert [split.info(e)["seed"] for e in (0, 1)] == [0, 1] and split.info(1)["index"] == 1
+    for e in (0, 1):  # the simulator is deterministic: the same seeds give the same demonstrations
+        assert np.array_equal(split.get(e, "action"), single.get(e, "action"))
+    assert validate(stores[2]).ok
+    assert sorted(p.name for p in stores[2].parent.iterdir()) == [
+        "demo.zarr",
+        "report.json",
+    ]  # no side store left
 
 
 def test_demo_refuses_a_store_of_other_cameras_naming_both(small_config, tmp_path, capsys):

@@ -367,3 +367,38 @@ def test_a_slow_loop_is_flagged_and_gaps_are_counted(tmp_path):
         info = ep.commit()
     assert info["loop_rate_hz"] == pytest.approx(25.0) and info["rate_ok"] is False
     assert info["skipped_ticks"] == 4 and info["repeated_frames"]["cam_high"] == 1
+
+
+def test_adopt_moves_committed_episodes_in_order_and_leaves_partial_ones(tmp_path, store):
+    side = tmp_path / "side.zarr"
+    with StoreWriter(side, make_spec()) as w:
+        _, first = write_episode(w, 7, seed=5, task="side a")
+        _, second = write_episode(w, 11, seed=6, task="side b")
+        write_episode(w, 4, seed=7, commit=False)  # an interrupted one: stays behind
+        w.begin_episode({"task": "never flushed"})
+    with StoreWriter(store) as w:
+        assert w.adopt(side) == [2, 3]
+    got = EpisodeStore(store)
+    assert got.episodes == [0, 1, 2, 3] and got.lengths.tolist() == [23, 9, 7, 11]
+    assert [got.info(e)["task"] for e in (2, 3)] == ["side a", "side b"]
+    assert [got.info(e)["index"] for e in (2, 3)] == [2, 3]
+    for e, steps in ((2, first), (3, second)):
+        assert np.array_equal(got.get(e, "action"), np.stack([s["action"] for s in steps]))
+        assert np.array_equal(
+            got.get(e, "observation.images.cam_high", 3), steps[3]["observation.images.cam_high"]
+        )
+    assert validate(store).ok
+    assert sorted(EpisodeStore(side).partial) == [2, 3]  # the source keeps what it could not give
+    repair(side, drop=True)  # once nothing is left in the source, it goes
+    with StoreWriter(store) as w:
+        assert w.adopt(side) == []
+    assert not side.exists()
+
+
+def test_adopt_refuses_a_store_of_another_setup_and_moves_nothing(tmp_path, store):
+    side = tmp_path / "side.zarr"
+    with StoreWriter(side, replace(make_spec(), fps=15.0)) as w:
+        write_episode(w, 3, seed=5)
+    with StoreWriter(store) as w, pytest.raises(StoreError, match=f"dataset {side} does not match .*fps"):
+        w.adopt(side)
+    assert EpisodeStore(store).episodes == [0, 1] and EpisodeStore(side).episodes == [0]
