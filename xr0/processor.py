@@ -36,6 +36,7 @@ STD_ACTIVE = 1e-5  # dims whose std is at most this are inactive (masked), as in
 DEFAULT_MIN_PIXELS = 1024
 DEFAULT_MAX_PIXELS = 90000
 STATS_KEYS = ("mean", "std", "state_mean", "state_std")  # per robot type; the state pair is optional
+PROMPT_CACHE = 256  # distinct prompts whose token ids are kept (tasks × view layouts × image sizes)
 
 
 def normalize_instruction(instruction: str) -> str:
@@ -84,6 +85,8 @@ class XR0Processor:
         for robot_type, entry in action_config.items():
             if "state_mean" in entry or "state_std" in entry:
                 self.state_stats[robot_type] = self._read_state_stats(robot_type, entry)
+        # prompt text → token ids: a task's prompt is the same for every sample and every chunk
+        self._ids: dict[str, list[int]] = {}
 
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -210,7 +213,7 @@ class XR0Processor:
         counts = (grid.prod(-1) // self.image_processor.merge_size**2).tolist()
         pieces = build_prompt(instruction, labels).split(IMAGE_PAD)
         text = pieces[0] + "".join(IMAGE_PAD * n + piece for n, piece in zip(counts, pieces[1:], strict=True))
-        ids = torch.tensor([self.tokenizer.encode(text, add_special_tokens=False).ids], dtype=torch.long)
+        ids = torch.tensor([self._token_ids(text)], dtype=torch.long)
         image_tokens = ids == self.image_token_id
         if int(image_tokens.sum()) != sum(counts):
             raise ValueError(
@@ -223,6 +226,14 @@ class XR0Processor:
             "pixel_values": pixel_values,
             "image_grid_thw": grid,
         }
+
+    def _token_ids(self, text: str) -> list[int]:
+        ids = self._ids.get(text)
+        if ids is None:
+            if len(self._ids) >= PROMPT_CACHE:
+                self._ids.clear()
+            ids = self._ids[text] = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return ids
 
     def collate(self, samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Batch encoded samples, right-padding the token sequences (Qwen's `<|endoftext|>` as padding)."""

@@ -385,3 +385,32 @@ def test_augmentation_resizes_to_the_model_input_in_the_same_resampling_as_the_p
     # PIL resamples the box from the whole image (the filter reads a pixel or two past the box's edge)
     assert cropped.shape == (48, 64, 3) and np.abs(cropped.astype(int) - right).mean() < 8
     assert np.abs(cropped.astype(int) - want).mean() > 2 * np.abs(cropped.astype(int) - right).mean()
+
+
+def test_uncropped_frames_are_kept_at_the_input_size_and_give_the_pixels_of_the_uncached_path(
+    store, sources, proc
+):
+    from xr0.data import IMAGE_PREFIX, encode_views
+
+    raw = EpisodeStore(store)
+    ip = proc.image_processor
+    colour = AugmentConfig(crop_scale=1.0, prob=1.0)
+    cached = TrainingSamples(sources, proc, CAMS, REL, H, "aloha", colour, seed=0)
+    for key in [(0, 5, 11), (0, 5, 12), (0, 5, -1), (0, 7, 3), (0, 5, 11)]:  # the last read is all cached
+        episode, t = sources[0].split("train").locate(key[1])
+        frames = [raw.get(episode, IMAGE_PREFIX + cam, t) for cam in CAMS]  # 24×32: the processor resizes
+        if key[2] >= 0:  # what the sample was before the cache: resize and colour ops on the stored frame
+            sizes = [(32, 32)] * len(CAMS)
+            frames = augment_views(frames, colour, np.random.default_rng([0, 3, key[2]]), sizes, ip.resample)
+        want = encode_views(proc, "transfer the cube", dict(zip(CAMS, frames, strict=True)), CAMS)
+        assert torch.equal(cached[key]["inputs"]["pixel_values"], want["pixel_values"]), key
+    assert len(cached._frames) == 2 * len(CAMS)  # two steps' frames, each kept once
+    assert all(f.shape == (32, 32, 3) and not f.flags.writeable for f in cached._frames.values())
+    # a random crop reads the stored frame whole (the crop and the resize are one resampling): nothing kept
+    cropping = TrainingSamples(sources, proc, CAMS, REL, H, "aloha", AugmentConfig(crop_scale=0.9), seed=0)
+    cropping[(0, 5, 11)]
+    assert cropping._frames == {}
+    # the budget bounds it: room for one frame
+    small = TrainingSamples(sources, proc, CAMS, REL, H, "aloha", colour, seed=0, frame_cache_mb=3072 / 2**20)
+    small[(0, 5, 11)], small[(0, 7, 3)]
+    assert len(small._frames) == 1 and small._frame_bytes == 3072

@@ -139,6 +139,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--crop-scale", type=float, default=None, help="random crop side fraction (1 = no crop)")
     p.add_argument(
+        "--colour-jitter",
+        type=float,
+        default=None,
+        metavar="P",
+        help="probability of each colour op (brightness, contrast, saturation; 0 = none)",
+    )
+    p.add_argument(
         "--start-emphasis",
         nargs=2,
         type=int,
@@ -222,6 +229,7 @@ def train_config(args: argparse.Namespace, config: AppConfig) -> TrainConfig:
         "state_noise_rad": args.state_noise,
         "state_dropout": args.state_dropout,
         "crop_scale": args.crop_scale,
+        "prob": args.colour_jitter,
     }
     alpha = args.lora_alpha
     if alpha is None and args.lora_rank:
