@@ -2,7 +2,8 @@
 
 (a) record transfer-cube demonstrations with the scripted teleoperator into `datasets/demo.zarr`
     (grasp offsets of `robot.scripted.position_noise_m`, 5 mm by default here, for variety) — the top
-    camera only, except with `--full` (three cameras, `datasets/demo-full.zarr`);
+    camera only, 9 s each, except with `--full` (three cameras, `datasets/demo-full.zarr`) — in as many
+    processes as there are cores (two on two), the simulator's rendering being most of the time;
 (b) fine-tune a `tiny` XR0 on them from scratch (all of it, async post-training) for a fixed number of
     steps — never a wall-clock budget, so a busy machine makes the demo slower, not worse; it states
     the expected time up front, measures its own speed after a few steps and says plainly when the
@@ -73,9 +74,9 @@ class Recipe:
     reweight_per_copy: bool = True
     # Length of a demonstration, s (0: robot.scripted.episode_seconds); the scripts end by 8.6 s
     episode_seconds: float = 0.0
-    # Image augmentation: random crop side and the probability of each colour op (config.yaml's defaults)
-    crop_scale: float = 0.95
-    colour_jitter: float = 0.5
+    # Image augmentation: random crop side and the probability of each colour op (None: config.yaml's)
+    crop_scale: float | None = None
+    colour_jitter: float | None = None
 
 
 # Training options of every recipe: absolute joint targets, state dropout 0.3, the first 2 s of each
@@ -97,8 +98,8 @@ LOOKING = [
 # spread 0.51 at 1000 steps against 0.07 with three views (docs/benchmarks.md, "Tenth session").
 TOP = ("cam_high",)
 # Two DiT copies per VLM pass with one shared reweighting generation: a step ~1.4× cheaper than the official
-# four with a generation each; on the default demo's data 16 % of 50 held-out seeds after the default's 2800
-# steps, 36 % after 4000 (docs/benchmarks.md, "Eleventh session"). The recipe pins both (config.yaml's
+# four with a generation each; with the augmentation on, 16 % of 50 held-out seeds after 2800 steps and 36 %
+# after 4000 (docs/benchmarks.md, "Eleventh session"). The recipe pins both (config.yaml's
 # `train.training_repeat` does not apply to the demo); `--full` keeps the official recipe it was measured with.
 LIGHT_DIT = {"training_repeat": 2, "reweight_per_copy": False}
 # No image augmentation: the simulator's camera never moves and its light never changes, so a random crop
@@ -310,7 +311,10 @@ def train_stage(args: argparse.Namespace, path: Path, out: Path, recipe: Recipe,
     argv += LOOKING  # what made the image rung look (docs/benchmarks.md, "the keyframe loss")
     argv += ["--training-repeat", str(recipe.training_repeat)]
     argv += ["--reweight-per-copy" if recipe.reweight_per_copy else "--no-reweight-per-copy"]
-    argv += ["--crop-scale", str(recipe.crop_scale), "--colour-jitter", str(recipe.colour_jitter)]
+    if recipe.crop_scale is not None:
+        argv += ["--crop-scale", str(recipe.crop_scale)]
+    if recipe.colour_jitter is not None:
+        argv += ["--colour-jitter", str(recipe.colour_jitter)]
     if recipe.cameras:
         argv += ["--cameras", *recipe.cameras]
     argv += ["--eval-every", str(max(recipe.steps, 1)), "--save-every", "0", "--out", str(out)]
