@@ -182,6 +182,23 @@ def test_demo_records_in_two_processes_the_store_one_process_records(
     ]  # no side store left
 
 
+def test_demo_takes_in_the_side_stores_an_interrupted_demo_left(small_config, tmp_path, capsys):
+    from app.cli.commands.demo import record_stage
+    from app.compose.config import load_config
+    from recording.reader import EpisodeStore
+    from tests.xr0.test_data import make_store
+
+    config = load_config(small_config)
+    make_store(tmp_path / "demo.zarr", lengths=(5, 6))
+    side = make_store(tmp_path / "demo.side1.zarr", lengths=(7,), seed=1)
+    report = record_stage(config, tmp_path / "demo.zarr", 3)  # enough once the side store is in: no recording
+    assert report["episodes"] == 3 and "reusing" in capsys.readouterr().out and not side.exists()
+    assert EpisodeStore(tmp_path / "demo.zarr").lengths.tolist() == [5, 6, 7]
+    # the main store never started: the side store becomes it
+    side = make_store(tmp_path / "other.side1.zarr", lengths=(4,))
+    assert record_stage(config, tmp_path / "other.zarr", 1)["episodes"] == 1 and not side.exists()
+
+
 def test_demo_refuses_a_store_of_other_cameras_naming_both(small_config, tmp_path, capsys):
     from tests.xr0.test_data import make_store
 

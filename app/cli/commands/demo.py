@@ -105,9 +105,10 @@ LIGHT_DIT = {"training_repeat": 2, "reweight_per_copy": False}
 # No image augmentation: the simulator's camera never moves and its light never changes, so a random crop
 # only shifts the cube by up to half a patch (8 pixels) of the 160×128 view — noise the policy
 # must learn around — and colour jitter changes what never changes at deployment. Without them the
-# default recipe reached 22 % of 50 held-out seeds after 2800 steps (16 % twice with them) and 38 % after
-# 3600, each step ~8 % cheaper (docs/benchmarks.md, "Thirteenth session"). A real rig's cameras move a
-# little between sessions: `xr0 train` keeps the augmentation on by default, and so does `--full`.
+# default recipe reached 22 % of 50 held-out seeds after 2800 steps (16 % twice with them), and the
+# default's 3300 steps on 9-s demonstrations 38, 36 and 26 % in three runs (docs/benchmarks.md,
+# "Thirteenth session"). A real rig's cameras move a little between sessions: `xr0 train` keeps the
+# augmentation on by default, and so does `--full`.
 FIXED_CAMERA = {"crop_scale": 1.0, "colour_jitter": 0.0}
 QUICK = Recipe(
     2, 20, 2, 2, max_pixels=4096, val_episodes=0, eval_seconds=4, cameras=TOP, **LIGHT_DIT, **FIXED_CAMERA
@@ -213,9 +214,8 @@ def record_stage(config: AppConfig, path: Path, episodes: int, jobs: int = 1) ->
     }
 
 
-SIDE_MARK = (
-    ".side"  # DIR/demo.side1.zarr: a store a second recording process fills, then moved into DIR/demo.zarr
-)
+# DIR/demo.side1.zarr: a store a second recording process fills, whose episodes then move into DIR/demo.zarr
+SIDE_MARK = ".side"
 EPISODES_PER_PROCESS = 4  # fewer than this per extra process is not worth its start-up (~3 s)
 
 
@@ -238,9 +238,8 @@ def _record_split(config: AppConfig, path: Path, count: int, jobs: int) -> None:
     sides = [path.with_name(f"{path.stem}{SIDE_MARK}{k}.zarr") for k in range(1, n)]
     where = f" in {n} processes" if n > 1 else ""
     print(f"recording {count} scripted demonstration(s) into {path}{where} …", flush=True)
-    ctx = multiprocessing.get_context(
-        "spawn"
-    )  # a fresh interpreter: MuJoCo's GL context does not survive fork
+    # a fresh interpreter for each side process: MuJoCo's GL context does not survive a fork
+    ctx = multiprocessing.get_context("spawn")
     procs = []
     for side, share, start in zip(sides, shares[1:], starts[1:], strict=True):
         plan = RecordPlan(side, task, share, seconds, 0.0, seed=start)
@@ -259,7 +258,7 @@ def _record_split(config: AppConfig, path: Path, count: int, jobs: int) -> None:
     failed = [p.name for p in procs if p.exitcode != 0]
     if failed:
         raise UserError(
-            f"the second recording process ({', '.join(failed)}) failed; its log is beside {path}. "
+            f"the side recording process {', '.join(failed)} failed; its log is beside {path}. "
             "What it recorded was kept: run the demo again to record the rest"
         )
 
@@ -283,9 +282,8 @@ def _adopt(path: Path, side: Path) -> None:
     from recording.writer import StoreWriter
 
     try:
-        if (
-            not path.exists()
-        ):  # the main process recorded nothing (interrupted at once): the side becomes the store
+        # the main process recorded nothing (interrupted at once): the side store becomes the store
+        if not path.exists():
             side.rename(path)
             return
         with StoreWriter(path) as writer:
