@@ -368,11 +368,10 @@ class StoreWriter:
             diff = src.spec.difference(self.spec)
             if diff:
                 raise StoreError(f"dataset {source} does not match {self.path}: {diff}")
-            moved = []
+            moved, n = [], self.next_index
             for i, directory in episode_dirs(source).items():
                 if _status(directory) != COMMITTED:
                     continue
-                n = self.next_index
                 src.root[f"{EPISODES_GROUP}/{episode_name(i)}"].update_attributes({"index": n})
                 target = self.path / EPISODES_GROUP / episode_name(n)
                 try:
@@ -385,6 +384,7 @@ class StoreWriter:
                         ) from None
                     raise
                 moved.append(n)
+                n += 1
             if self.fsync and moved:
                 for folder in (source / EPISODES_GROUP, self.path / EPISODES_GROUP):
                     fsync_file(folder)

@@ -46,6 +46,16 @@ def processed_size(image_processor, height: int, width: int) -> tuple[int, int]:
     )
 
 
+def model_input_image(image_processor, image: np.ndarray) -> np.ndarray:
+    """An H×W×3 uint8 view at the size the image processor resizes it to, by its resampling (the view
+    itself when it already has that size)."""
+    h, w = image.shape[:2]
+    rh, rw = processed_size(image_processor, h, w)
+    if (rh, rw) == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((rw, rh), resample=image_processor.resample))
+
+
 def image_patches(image_processor, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """H×W×3 uint8 views → (`pixel_values` (N, C·t·p·p) float32, `image_grid_thw` (n_views, 3) int64), equal to
     `image_processor(images=…, return_tensors="pt")` for Qwen's image processors."""
@@ -60,11 +70,8 @@ def image_patches(image_processor, images: Sequence[np.ndarray]) -> tuple[torch.
     same_channels = bool((table == table[0]).all())
     views, grids = [], []
     for image in images:
+        image = model_input_image(ip, image)
         h, w = image.shape[:2]
-        rh, rw = processed_size(ip, h, w)
-        if (rh, rw) != (h, w):
-            image = np.asarray(Image.fromarray(image).resize((rw, rh), resample=ip.resample))
-            h, w = rh, rw
         views.append(image)
         grids.append((1, h // p, w // p))
     pixel_values = np.empty((sum(gh * gw for _, gh, gw in grids), 3 * tps * p * p), np.float32)

@@ -72,8 +72,8 @@ class Recipe:
     # 4, yes). 2 with one shared generation makes a step ~1.4× cheaper (docs/benchmarks.md, "Eleventh session")
     training_repeat: int = 4
     reweight_per_copy: bool = True
-    # Length of a demonstration, s (0: robot.scripted.episode_seconds); the scripts end by 8.6 s
-    episode_seconds: float = 0.0
+    # Length of a demonstration, s (None: robot.scripted.episode_seconds); the scripts end by 8.6 s
+    episode_seconds: float | None = None
     # Image augmentation: random crop side and the probability of each colour op (None: config.yaml's)
     crop_scale: float | None = None
     colour_jitter: float | None = None
@@ -478,7 +478,7 @@ def run(args: argparse.Namespace, config: AppConfig) -> int:
     scripted = config.robot.scripted
     if scripted.position_noise_m == 0.0:  # varied demonstrations: the same grasp every time teaches less
         scripted = replace(scripted, position_noise_m=0.005)
-    if recipe.episode_seconds and scripted.episode_seconds == ScriptedConfig.episode_seconds:
+    if recipe.episode_seconds is not None and scripted.episode_seconds == ScriptedConfig.episode_seconds:
         scripted = replace(scripted, episode_seconds=recipe.episode_seconds)
     config = replace(config, robot=replace(config.robot, scripted=scripted))
     jobs = args.jobs or available_cpus()
