@@ -173,8 +173,8 @@ def test_demo_records_in_two_processes_the_store_one_process_records(
     split, single = EpisodeStore(stores[2]), EpisodeStore(stores[1])
     assert split.episodes == single.episodes == [0, 1]
     assert [split.info(e)["seed"] for e in (0, 1)] == [0, 1] and split.info(1)["index"] == 1
-    for e in (0, 1):  # the simulator is deterministic: the same seeds give the same demonstrations
-        assert np.array_equal(split.get(e, "action"), single.get(e, "action"))
+    for e in (0, 1):  # the same seeds give the same demonstrations (another seed moves them by centimetres)
+        np.testing.assert_allclose(split.get(e, "action"), single.get(e, "action"), rtol=0, atol=1e-9)
     assert validate(stores[2]).ok
     assert sorted(p.name for p in stores[2].parent.iterdir()) == [
         "demo.zarr",

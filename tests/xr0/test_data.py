@@ -403,6 +403,7 @@ def test_uncropped_frames_are_kept_at_the_input_size_and_give_the_pixels_of_the_
             sizes = [(32, 32)] * len(CAMS)
             frames = augment_views(frames, colour, np.random.default_rng([0, 3, key[2]]), sizes, ip.resample)
         want = encode_views(proc, "transfer the cube", dict(zip(CAMS, frames, strict=True)), CAMS)
+        # exact: the same PIL resize and colour ops on the same bytes in this process, then a table lookup
         assert torch.equal(cached[key]["inputs"]["pixel_values"], want["pixel_values"]), key
     assert len(cached._frames) == 2 * len(CAMS)  # two steps' frames, each kept once
     assert all(f.shape == (32, 32, 3) and not f.flags.writeable for f in cached._frames.values())
